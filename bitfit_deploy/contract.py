@@ -1,0 +1,50 @@
+"""Names shared by training, export and runtime: the one place they are defined.
+
+Bias inputs of the ONNX graph and bias keys of a delta file are both the base encoder's
+parameter names, as `AutoModel.from_pretrained(base).named_parameters()` names them.
+This module imports numpy-free, torch-free Python only: the runtime depends on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+HEAD_WEIGHT = "head.weight"
+"""Head weight: `[num_labels, hidden]` in a delta, `[batch, num_labels, hidden]` in the graph."""
+HEAD_BIAS = "head.bias"
+"""Head bias: `[num_labels]` in a delta, `[batch, num_labels]` in the graph."""
+HEAD_KEYS = (HEAD_WEIGHT, HEAD_BIAS)
+
+LOGITS = "logits"
+"""The graph's one output, `[batch, num_labels]`."""
+
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+TOKEN_TYPE_IDS = "token_type_ids"
+
+POOLINGS = ("mean", "cls", "pooler")
+"""How the encoder output becomes one vector: mean over the attention mask, first token, model pooler."""
+
+PROBLEM_TYPES = ("single_label", "multi_label", "regression")
+
+POOLER_PREFIX = "pooler."
+
+
+def is_bias(name: str) -> bool:
+    """True for a bias parameter name (`...bias`, including LayerNorm biases)."""
+    return name == "bias" or name.endswith(".bias")
+
+
+def graph_bias_names(parameter_names: Iterable[str], pooling: str) -> list[str]:
+    """The bias inputs of a graph that pools with `pooling`, in parameter order.
+
+    The pooler's biases are inputs only when the graph pools through the pooler; otherwise
+    the pooler is not part of the graph at all.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    return [
+        n
+        for n in parameter_names
+        if is_bias(n) and (pooling == "pooler" or not n.startswith(POOLER_PREFIX))
+    ]

@@ -1,0 +1,62 @@
+"""Typed errors: every message says what was wrong and what to do about it.
+
+Each subclass also inherits the builtin it refines, so callers may catch either.
+The CLI maps them to exit messages and the server to HTTP statuses, each in one place.
+"""
+
+from __future__ import annotations
+
+
+class BitFitError(Exception):
+    """Base class of every error bitfit-deploy raises on purpose."""
+
+
+class DataError(BitFitError, ValueError):
+    """The training or evaluation data cannot be used as given (columns, labels, emptiness)."""
+
+
+class ModelError(BitFitError, ValueError):
+    """The base model cannot be used: no bias terms, unsupported architecture, unreadable folder."""
+
+
+class UnsupportedArchitectureError(ModelError):
+    """The architecture has no per-row bias export yet."""
+
+
+class NoBiasError(ModelError):
+    """The model has no bias terms to fine-tune (LLaMA-style models, for one)."""
+
+
+class DeltaFormatError(BitFitError, ValueError):
+    """A bias-delta file is corrupt, truncated, or not a bitfit-deploy delta."""
+
+
+class FingerprintMismatchError(BitFitError, ValueError):
+    """A delta was trained on another base model than the one it is applied to."""
+
+
+class BundleError(BitFitError, ValueError):
+    """An export bundle is missing files, has a bad manifest, or fails its checksums."""
+
+
+class OutputExistsError(BitFitError, FileExistsError):
+    """The output path exists and --force was not given."""
+
+
+class TaskNotFoundError(BitFitError, KeyError):
+    """A request named a task that is not loaded."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class TaskExistsError(BitFitError, ValueError):
+    """A task of that name is loaded already and replace was not asked for."""
+
+
+class InvalidInputError(BitFitError, ValueError):
+    """Inputs to predict are empty, not text, or otherwise malformed."""
+
+
+class ProviderUnavailableError(BitFitError, RuntimeError):
+    """The requested ONNX Runtime execution provider is not available on this machine."""

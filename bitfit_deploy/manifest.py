@@ -1,0 +1,125 @@
+"""The export bundle's layout and `manifest.json`: one source of truth for exporter and runtime.
+
+A bundle folder holds `model.onnx` (and `model.int8.onnx`), the tokenizer, `base.safetensors`
+(the base model's bias vectors, to which task deltas are added), `manifest.json`, and `tasks/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bitfit_deploy import __version__
+from bitfit_deploy.errors import BundleError
+
+FORMAT_NAME = "bitfit-bundle"
+FORMAT_VERSION = 1
+
+MANIFEST_FILE = "manifest.json"
+BASE_FILE = "base.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+TASKS_DIR = "tasks"
+VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+BAKED_DIR = "baked"
+"""`--bake TASK` writes `baked/TASK.onnx`: a plain single-task graph with biases as constants."""
+
+
+@dataclass
+class BiasInput:
+    """One per-row bias input of the graph: its name (a base parameter name) and width."""
+
+    name: str
+    dim: int
+
+
+@dataclass
+class Manifest:
+    """What the runtime needs to know about a bundle, saved as `manifest.json`."""
+
+    base_fingerprint: str
+    architecture: str
+    pooling: str
+    max_length: int
+    hidden_size: int
+    text_inputs: list[str]
+    bias_inputs: list[BiasInput]
+    variants: dict[str, str]
+    base_model: str = ""
+    opset: int = 17
+    pad_token_id: int = 0
+    files: dict[str, str] = field(default_factory=dict)
+    """Relative path -> sha256 of every file the bundle needs."""
+    tasks: list[str] = field(default_factory=list)
+    """Relative paths of the task deltas shipped in `tasks/`."""
+    baked: dict[str, str] = field(default_factory=dict)
+    """Task name -> relative path of its baked single-task graph."""
+    created: str = ""
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+    tool_version: str = __version__
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = MANIFEST_FILE) -> Manifest:
+        """Build from parsed JSON, checking the format and required keys; unknown keys tolerated."""
+        if data.get("format") != FORMAT_NAME:
+            raise BundleError(
+                f"{source} is not a bitfit-deploy bundle manifest (format {data.get('format')!r}); "
+                "create bundles with `bitfit-deploy export --onnx`."
+            )
+        if int(data.get("format_version", 0)) > FORMAT_VERSION:
+            raise BundleError(
+                f"{source} has bundle format version {data['format_version']}, newer than this "
+                f"bitfit-deploy reads ({FORMAT_VERSION}); upgrade bitfit-deploy."
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+        missing = [k for k in required if k not in values]
+        if missing:
+            raise BundleError(f"{source} lacks the keys {missing}; export the bundle again.")
+        values["bias_inputs"] = [BiasInput(**b) for b in values["bias_inputs"]]
+        return cls(**values)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(bundle_dir: str | os.PathLike[str], verify: bool = True) -> Manifest:
+    """Load a bundle's manifest; with `verify`, check every listed file exists and matches its sha256."""
+    bundle = Path(bundle_dir)
+    path = bundle / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(
+            f"{str(bundle)!r} has no {MANIFEST_FILE}: it is not an export bundle. "
+            "Create one with `bitfit-deploy export --onnx --output DIR`."
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc}); export the bundle again.") from exc
+    manifest = Manifest.from_dict(data, str(path))
+    if verify:
+        for rel, expected in manifest.files.items():
+            file = bundle / rel
+            if not file.is_file():
+                raise BundleError(f"bundle {str(bundle)!r} lacks {rel}; export it again.")
+            if sha256_file(file) != expected:
+                raise BundleError(
+                    f"{file} does not match the sha256 in the manifest; the bundle was modified "
+                    "or partly copied. Export it again."
+                )
+    return manifest
