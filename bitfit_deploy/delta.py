@@ -186,3 +186,41 @@ def _read_metadata(data: bytes) -> dict[str, str]:
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + n])
     return dict(header.get("__metadata__", {}))
+
+
+def check_delta_fits(
+    delta: TaskDelta,
+    base_fingerprint: str,
+    pooling: str,
+    bias_dims: dict[str, int],
+    hidden_size: int,
+    source: str = "delta",
+) -> None:
+    """Raise unless `delta` applies to this base and graph: same fingerprint, pooling, bias widths."""
+    from bitfit_deploy.errors import FingerprintMismatchError, IncompatibleTaskError
+
+    meta = delta.metadata
+    if meta.base_fingerprint != base_fingerprint:
+        raise FingerprintMismatchError(
+            f"{source} (task {meta.task!r}) was trained on base {meta.base_fingerprint} but this "
+            f"base/bundle is {base_fingerprint}; retrain the task on this base or export a bundle "
+            f"from its base model ({meta.base_model or 'see the delta metadata'})."
+        )
+    if meta.pooling != pooling:
+        raise IncompatibleTaskError(
+            f"{source} (task {meta.task!r}) pools with {meta.pooling!r} but the graph pools with "
+            f"{pooling!r}; export a bundle with --pooling {meta.pooling} or retrain with --pooling {pooling}."
+        )
+    for name, value in delta.biases.items():
+        if name not in bias_dims:
+            raise IncompatibleTaskError(
+                f"{source}: bias {name!r} is not an input of this graph (pooling {pooling!r})."
+            )
+        if value.shape != (bias_dims[name],):
+            raise IncompatibleTaskError(
+                f"{source}: bias {name!r} has shape {value.shape}, the graph expects ({bias_dims[name]},)."
+            )
+    if delta.head_weight.shape[1] != hidden_size:
+        raise IncompatibleTaskError(
+            f"{source}: head width {delta.head_weight.shape[1]} differs from the model's hidden size {hidden_size}."
+        )

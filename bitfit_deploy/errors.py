@@ -60,3 +60,7 @@ class InvalidInputError(BitFitError, ValueError):
 
 class ProviderUnavailableError(BitFitError, RuntimeError):
     """The requested ONNX Runtime execution provider is not available on this machine."""
+
+
+class IncompatibleTaskError(BitFitError, ValueError):
+    """A delta fits the base but not the bundle: another pooling, unknown biases or wrong widths."""

@@ -1,0 +1,11 @@
+"""`bitfit-deploy inspect` (being built)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+def command() -> None:
+    """Not built yet."""
+    raise click.ClickException("'inspect' is not built yet")

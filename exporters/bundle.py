@@ -1,0 +1,142 @@
+"""`export --onnx`: write a bundle folder (graph, tokenizer, base biases, manifest, tasks) atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from bitfit_deploy._io import atomic_dir
+from bitfit_deploy.contract import graph_bias_names
+from bitfit_deploy.delta import TaskDelta, check_delta_fits, load_delta
+from bitfit_deploy.errors import IncompatibleTaskError
+from bitfit_deploy.manifest import (
+    BASE_FILE,
+    MANIFEST_FILE,
+    TASKS_DIR,
+    VARIANT_FILES,
+    BiasInput,
+    Manifest,
+    sha256_file,
+)
+from bitfit_deploy.modeling import base_fingerprint, check_supported, load_encoder, resolve_pooling
+from bitfit_deploy.exporters.graph import export_per_row_graph
+
+DEFAULT_MAX_LENGTH = 256
+
+
+def export_bundle(
+    output: str | os.PathLike[str],
+    model: str | None = None,
+    tasks: list[str | os.PathLike[str]] = (),
+    pooling: str = "auto",
+    max_length: int | None = None,
+    opset: int = 17,
+    force: bool = False,
+) -> Manifest:
+    """Export the base at `model` (default: packaged MiniLM) as a per-row bias bundle in `output`.
+
+    Every `tasks` delta is checked against the base fingerprint and copied into `tasks/`.
+    The folder appears whole or not at all; an existing one is replaced only with `force`.
+    """
+    encoder, model_path = load_encoder(model)
+    architecture = check_supported(encoder)
+    fp = base_fingerprint(encoder)
+    deltas = [(Path(t), load_delta(t)) for t in tasks]
+    pooling = _bundle_pooling(encoder, model_path, pooling, deltas)
+    params = {n: p.detach().float().numpy() for n, p in encoder.named_parameters()}
+    bias_names = graph_bias_names(params, pooling)
+    bias_dims = {n: int(params[n].shape[0]) for n in bias_names}
+    hidden = int(encoder.config.hidden_size)
+    for path, delta in deltas:
+        check_delta_fits(delta, fp, pooling, bias_dims, hidden, source=repr(str(path)))
+    _check_unique_names(deltas)
+
+    with atomic_dir(output, force=force) as tmp:
+        text_inputs = export_per_row_graph(encoder, pooling, bias_names, tmp / VARIANT_FILES["fp32"], opset)
+        text_inputs = [n for n in text_inputs if n not in bias_dims and not n.startswith("head.")]
+        save_file({n: np.ascontiguousarray(params[n]) for n in bias_names}, str(tmp / BASE_FILE))
+        pad_id = _save_tokenizer(model_path, tmp)
+        task_files = []
+        (tmp / TASKS_DIR).mkdir()
+        for path, delta in deltas:
+            rel = f"{TASKS_DIR}/{delta.metadata.task}.safetensors"
+            shutil.copyfile(path, tmp / rel)
+            task_files.append(rel)
+        manifest = Manifest(
+            base_fingerprint=fp,
+            architecture=architecture,
+            pooling=pooling,
+            max_length=_max_length(encoder, model_path, max_length),
+            hidden_size=hidden,
+            text_inputs=text_inputs,
+            bias_inputs=[BiasInput(n, bias_dims[n]) for n in bias_names],
+            variants={"fp32": VARIANT_FILES["fp32"]},
+            base_model=str(model_path),
+            opset=opset,
+            pad_token_id=pad_id,
+            tasks=task_files,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        write_manifest(tmp, manifest)
+    return manifest
+
+
+def write_manifest(bundle: Path, manifest: Manifest) -> None:
+    """Record sha256 of every bundle file and write manifest.json."""
+    manifest.files = {
+        str(p.relative_to(bundle)): sha256_file(p)
+        for p in sorted(bundle.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_FILE
+    }
+    (bundle / MANIFEST_FILE).write_text(manifest.to_json())
+
+
+def _bundle_pooling(encoder, model_path: str, requested: str, deltas: list[tuple[Path, TaskDelta]]) -> str:
+    if requested == "auto" and deltas:
+        poolings = {d.metadata.pooling for _, d in deltas}
+        if len(poolings) > 1:
+            raise IncompatibleTaskError(
+                f"the --task deltas pool in different ways ({sorted(poolings)}); one bundle has one "
+                "pooling: export one bundle per pooling."
+            )
+        return poolings.pop()
+    return resolve_pooling(encoder, model_path, requested)
+
+
+def _check_unique_names(deltas: list[tuple[Path, TaskDelta]]) -> None:
+    seen: dict[str, Path] = {}
+    for path, delta in deltas:
+        name = delta.metadata.task
+        if name in seen:
+            raise IncompatibleTaskError(f"tasks {seen[name]} and {path} are both named {name!r}; rename one.")
+        seen[name] = path
+
+
+def _save_tokenizer(model_path: str, bundle: Path) -> int:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    tokenizer.save_pretrained(bundle)
+    for extra in ("vocab.txt", "merges.txt", "vocab.json", "special_tokens_map.json"):
+        (bundle / extra).unlink(missing_ok=True)
+    return int(tokenizer.pad_token_id or 0)
+
+
+def _max_length(encoder, model_path: str, requested: int | None) -> int:
+    limit = int(encoder.config.max_position_embeddings)
+    if encoder.config.model_type in ("roberta", "xlm-roberta"):
+        limit -= int(encoder.config.pad_token_id or 0) + 1  # positions start after padding_idx
+    if requested is not None:
+        if not 1 <= requested <= limit:
+            raise IncompatibleTaskError(f"--max-length {requested} must be between 1 and {limit} for this model.")
+        return requested
+    st = Path(model_path) / "sentence_bert_config.json"
+    if st.is_file():
+        return min(int(json.loads(st.read_text()).get("max_seq_length", DEFAULT_MAX_LENGTH)), limit)
+    return min(DEFAULT_MAX_LENGTH, limit)
