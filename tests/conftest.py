@@ -7,10 +7,20 @@ from pathlib import Path
 
 import pytest
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-            max_position_embeddings=128)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=128,
+)
 
 
 def packaged_model_dir() -> Path:
@@ -29,10 +39,21 @@ def build_tiny_model(folder: Path, arch: str = "bert", seed: int = 0) -> Path:
     if arch == "bert":
         config = BertConfig(vocab_size=vocab, **TINY)
     elif arch == "roberta":
-        config = RobertaConfig(vocab_size=vocab, pad_token_id=0, type_vocab_size=1, **{**TINY, "max_position_embeddings": 130})
+        config = RobertaConfig(
+            vocab_size=vocab,
+            pad_token_id=0,
+            type_vocab_size=1,
+            **{**TINY, "max_position_embeddings": 130},
+        )
     elif arch == "distilbert":
-        config = DistilBertConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                                  max_position_embeddings=128)
+        config = DistilBertConfig(
+            vocab_size=vocab,
+            dim=32,
+            n_layers=2,
+            n_heads=2,
+            hidden_dim=64,
+            max_position_embeddings=128,
+        )
     else:
         raise ValueError(arch)
     model = AutoModel.from_config(config)

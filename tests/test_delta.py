@@ -1,0 +1,170 @@
+"""The delta file format: round trip, golden header bytes, and every kind of bad file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bitfit_deploy.delta import (
+    FORMAT_NAME,
+    DeltaMetadata,
+    TaskDelta,
+    check_delta_fits,
+    from_bytes,
+    load_delta,
+    save_delta,
+    to_bytes,
+)
+from bitfit_deploy.errors import (
+    DeltaFormatError,
+    FingerprintMismatchError,
+    IncompatibleTaskError,
+    OutputExistsError,
+)
+
+
+def make_delta(
+    num_labels: int = 2, problem_type: str = "single_label", hidden: int = 4
+) -> TaskDelta:
+    labels = ["value"] if problem_type == "regression" else [f"l{i}" for i in range(num_labels)]
+    n = 1 if problem_type == "regression" else num_labels
+    meta = DeltaMetadata(
+        task="demo",
+        base_fingerprint="sha256:abc",
+        problem_type=problem_type,
+        labels=labels,
+        pooling="mean",
+        created="2026-01-01T00:00:00+00:00",
+        metrics={"accuracy": 0.5},
+    )
+    biases = {"encoder.layer.0.attention.self.query.bias": np.arange(hidden, dtype=np.float32)}
+    return TaskDelta(meta, biases, np.ones((n, hidden), np.float32), np.zeros(n, np.float32))
+
+
+def test_round_trip(tmp_path):
+    delta = make_delta(3)
+    path = save_delta(delta, tmp_path / "t.safetensors")
+    back = load_delta(path)
+    assert back.metadata == delta.metadata
+    assert back.num_labels == 3
+    for key, value in delta.tensors().items():
+        np.testing.assert_array_equal(back.tensors()[key], value)
+
+
+def test_golden_header():
+    """The header layout is a contract other tools read: pin its bytes."""
+    data = to_bytes(make_delta())
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    assert header["__metadata__"] == {
+        "task": "demo",
+        "base_fingerprint": "sha256:abc",
+        "problem_type": "single_label",
+        "labels": '["l0", "l1"]',
+        "pooling": "mean",
+        "base_model": "",
+        "architecture": "",
+        "bias_selection": "all",
+        "max_length": "128",
+        "metrics": '{"accuracy": 0.5}',
+        "training": "{}",
+        "created": "2026-01-01T00:00:00+00:00",
+        "format": FORMAT_NAME,
+        "format_version": "1",
+        "tool_version": "0.1.0",
+    }
+    assert header["head.weight"] == {"dtype": "F32", "shape": [2, 4], "data_offsets": [24, 56]}
+    assert sorted(k for k in header if k != "__metadata__") == [
+        "encoder.layer.0.attention.self.query.bias",
+        "head.bias",
+        "head.weight",
+    ]
+
+
+def test_existing_file_needs_force(tmp_path):
+    path = tmp_path / "t.safetensors"
+    save_delta(make_delta(), path)
+    with pytest.raises(OutputExistsError, match="--force"):
+        save_delta(make_delta(3), path)
+    save_delta(make_delta(3), path, force=True)
+    assert load_delta(path).num_labels == 3
+
+
+def test_truncated_file(tmp_path):
+    data = to_bytes(make_delta())
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(data[: len(data) - 10])
+    with pytest.raises(DeltaFormatError, match="truncated or corrupt"):
+        load_delta(path)
+
+
+def test_garbage_and_missing_file(tmp_path):
+    with pytest.raises(DeltaFormatError, match="not a readable safetensors"):
+        from_bytes(b"\x00" * 3)
+    with pytest.raises(DeltaFormatError, match="cannot read delta"):
+        load_delta(tmp_path / "nope.safetensors")
+
+
+def test_not_a_delta():
+    from safetensors.numpy import save
+
+    data = save({"x": np.zeros(2, np.float32)}, metadata={"format": "pt"})
+    with pytest.raises(DeltaFormatError, match="not a bitfit-deploy delta"):
+        from_bytes(data)
+
+
+def test_nan_rejected():
+    delta = make_delta()
+    delta.head_bias[0] = np.nan
+    with pytest.raises(DeltaFormatError, match="NaN"):
+        to_bytes(delta)
+
+
+def test_wrong_head_shape():
+    delta = make_delta()
+    delta.head_bias = np.zeros(5, np.float32)
+    with pytest.raises(DeltaFormatError, match="head shapes"):
+        to_bytes(delta)
+
+
+def test_labels_must_match_head():
+    delta = make_delta()
+    delta.metadata.labels = ["only-one"]
+    with pytest.raises(DeltaFormatError, match="1 labels"):
+        to_bytes(delta)
+
+
+def test_newer_version_refused():
+    data = to_bytes(make_delta())
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    header["__metadata__"]["format_version"] = "99"
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with pytest.raises(DeltaFormatError, match="upgrade bitfit-deploy"):
+        from_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n :])
+
+
+def test_regression_delta_has_one_output():
+    delta = make_delta(problem_type="regression")
+    assert from_bytes(to_bytes(delta)).num_labels == 1
+
+
+def test_check_delta_fits():
+    delta = make_delta()
+    dims = {"encoder.layer.0.attention.self.query.bias": 4}
+    check_delta_fits(delta, "sha256:abc", "mean", dims, 4)
+    with pytest.raises(FingerprintMismatchError, match="sha256:abc.*sha256:other"):
+        check_delta_fits(delta, "sha256:other", "mean", dims, 4)
+    with pytest.raises(IncompatibleTaskError, match="pools with 'mean'"):
+        check_delta_fits(delta, "sha256:abc", "cls", dims, 4)
+    with pytest.raises(IncompatibleTaskError, match="not an input"):
+        check_delta_fits(delta, "sha256:abc", "mean", {}, 4)
+    with pytest.raises(IncompatibleTaskError, match="shape"):
+        check_delta_fits(
+            delta, "sha256:abc", "mean", {"encoder.layer.0.attention.self.query.bias": 8}, 4
+        )
+    with pytest.raises(IncompatibleTaskError, match="hidden size"):
+        check_delta_fits(delta, "sha256:abc", "mean", dims, 8)
