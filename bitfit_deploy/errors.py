@@ -64,3 +64,7 @@ class ProviderUnavailableError(BitFitError, RuntimeError):
 
 class IncompatibleTaskError(BitFitError, ValueError):
     """A delta fits the base but not the bundle: another pooling, unknown biases or wrong widths."""
+
+
+class ExportError(BitFitError, RuntimeError):
+    """The exported graph breaks the bundle contract (e.g. a bias input that is also an initializer)."""
