@@ -68,3 +68,7 @@ class IncompatibleTaskError(BitFitError, ValueError):
 
 class ExportError(BitFitError, RuntimeError):
     """The exported graph breaks the bundle contract (e.g. a bias input that is also an initializer)."""
+
+
+class ExportOptionError(BitFitError, ValueError):
+    """An export option asks for something unavailable (unknown quantization, --bake of a task not given)."""
