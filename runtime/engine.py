@@ -1,0 +1,122 @@
+"""Running one batch: gather each row's task tensors, feed them beside the text, return logits.
+
+`HostEngine` gathers rows in numpy and feeds arrays. `BoundEngine` keeps every task's tensors
+in per-bias tables on the session's device, gathers a batch's rows there with a tiny Gather
+graph, and binds the results to the main session with I/O binding, so nothing task-sized
+crosses to the device per request. It runs on "cuda" and, for tests, on "cpu".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from bitfit_deploy.contract import HEAD_BIAS, HEAD_WEIGHT, LOGITS
+from bitfit_deploy.runtime._gather_graph import ROWS, TABLE_PREFIX, gather_graph
+from bitfit_deploy.runtime.providers import create_session
+from bitfit_deploy.runtime.registry import BiasLayout, LoadedTask, Snapshot
+
+
+def _padded_heads(tasks: Sequence[LoadedTask], hidden: int) -> tuple[np.ndarray, np.ndarray]:
+    """Heads stacked to `[n, max_labels, hidden]` and `[n, max_labels]`, zero-padded."""
+    width = max(t.info.num_labels for t in tasks)
+    weight = np.zeros((len(tasks), width, hidden), dtype=np.float32)
+    bias = np.zeros((len(tasks), width), dtype=np.float32)
+    for i, t in enumerate(tasks):
+        weight[i, : t.info.num_labels] = t.head_weight
+        bias[i, : t.info.num_labels] = t.head_bias
+    return weight, bias
+
+
+class HostEngine:
+    """Gathers rows' bias vectors and heads in numpy and runs the session on plain arrays."""
+
+    def __init__(self, session: ort.InferenceSession, layout: BiasLayout, hidden: int) -> None:
+        self.session = session
+        self.layout = layout
+        self.hidden = hidden
+
+    def build_device(self, tasks: list[LoadedTask]) -> None:
+        return None
+
+    def run(
+        self, snapshot: Snapshot, tasks: Sequence[LoadedTask], text: dict[str, np.ndarray]
+    ) -> np.ndarray:
+        """Logits `[batch, max_labels]` for rows whose tasks are `tasks` (one per row)."""
+        rows = np.stack([t.row for t in tasks])
+        feeds = dict(text)
+        for name, sl in self.layout.slices():
+            feeds[name] = np.ascontiguousarray(rows[:, sl])
+        feeds[HEAD_WEIGHT], feeds[HEAD_BIAS] = _padded_heads(tasks, self.hidden)
+        return self.session.run([LOGITS], feeds)[0]
+
+
+@dataclass(frozen=True)
+class DeviceTables:
+    """Per-bias `[slots, dim]` tables and the padded head tables, as OrtValues on the device."""
+
+    values: dict[str, ort.OrtValue]
+
+
+class BoundEngine:
+    """Keeps task tables on `device` and gathers there; I/O binding between the two sessions."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        layout: BiasLayout,
+        hidden: int,
+        provider: str,
+        threads: int | None,
+        device: str,
+        device_id: int = 0,
+    ) -> None:
+        self.session = session
+        self.layout = layout
+        self.hidden = hidden
+        self.device = device
+        self.device_id = device_id
+        tables = [(n, [d]) for n, d in zip(layout.names, layout.dims, strict=True)]
+        tables += [(HEAD_WEIGHT, ["labels", hidden]), (HEAD_BIAS, ["labels"])]
+        self.outputs = [n for n, _ in tables]
+        self.gather = create_session(gather_graph(tables), provider, threads)
+
+    def build_device(self, tasks: list[LoadedTask]) -> DeviceTables:
+        """Upload the tables of a new registry version (rows in slot order)."""
+        rows = np.stack([t.row for t in tasks])
+        arrays = {name: np.ascontiguousarray(rows[:, sl]) for name, sl in self.layout.slices()}
+        arrays[HEAD_WEIGHT], arrays[HEAD_BIAS] = _padded_heads(tasks, self.hidden)
+        return DeviceTables(
+            {
+                TABLE_PREFIX + name: ort.OrtValue.ortvalue_from_numpy(
+                    array, self.device, self.device_id
+                )
+                for name, array in arrays.items()
+            }
+        )
+
+    def run(
+        self, snapshot: Snapshot, tasks: Sequence[LoadedTask], text: dict[str, np.ndarray]
+    ) -> np.ndarray:
+        """Logits `[batch, labels]`: gather on the device, then run the main graph on the bound rows."""
+        tables: DeviceTables = snapshot.device
+        slots = np.array([snapshot.slots[t.info.name] for t in tasks], dtype=np.int64)
+        gather = self.gather.io_binding()
+        gather.bind_cpu_input(ROWS, slots)
+        for name, value in tables.values.items():
+            gather.bind_ortvalue_input(name, value)
+        for name in self.outputs:
+            gather.bind_output(name, self.device, self.device_id)
+        self.gather.run_with_iobinding(gather)
+        gathered = gather.get_outputs()
+        main = self.session.io_binding()
+        for name, array in text.items():
+            main.bind_cpu_input(name, array)
+        for name, value in zip(self.outputs, gathered, strict=True):
+            main.bind_ortvalue_input(name, value)
+        main.bind_output(LOGITS, "cpu")
+        self.session.run_with_iobinding(main)
+        return main.copy_outputs_to_cpu()[0]

@@ -1,0 +1,213 @@
+"""`Runtime`: many BitFit tasks on one ONNX Runtime session; tasks switch by feeding bias rows.
+
+Imports numpy, onnxruntime, tokenizers and safetensors only (never torch or transformers),
+so apps can embed it with a small install.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
+
+from bitfit_deploy.delta import TaskDelta, check_delta_fits, from_bytes, load_delta
+from bitfit_deploy.errors import BundleError, InvalidInputError
+from bitfit_deploy.manifest import BASE_FILE, TOKENIZER_FILE, Manifest, read_manifest
+from bitfit_deploy.runtime.batching import plan_runs
+from bitfit_deploy.runtime.engine import BoundEngine, HostEngine
+from bitfit_deploy.runtime.providers import create_session
+from bitfit_deploy.runtime.registry import BiasLayout, Snapshot, TaskRegistry, prepare_task
+from bitfit_deploy.runtime.results import Prediction, TaskInfo, make_prediction
+from bitfit_deploy.runtime.tokenize import BundleTokenizer, TextInput
+
+Request = tuple[str, Any]
+
+
+class Runtime:
+    """One bundle, one ONNX Runtime session, many tasks; rows of one batch may belong to different tasks.
+
+    Example:
+        >>> rt = Runtime("bundle/", threads=2)                       # doctest: +SKIP
+        >>> rt.load_task("sst2.safetensors")                         # doctest: +SKIP
+        'sst2'
+        >>> rt.predict("sst2", ["a gripping film"])[0].label        # doctest: +SKIP
+        'positive'
+
+    Args:
+        bundle_dir: a folder written by `bitfit-deploy export --onnx` (checksums are verified).
+        provider: "cpu" or "cuda" (onnxruntime-gpu's CUDA provider, with I/O binding).
+        threads: ONNX Runtime intra-op threads; None lets ORT choose.
+        variant: "fp32" or "int8" (if the bundle was exported with it).
+        max_batch_size: the most rows in one run of the graph.
+        load_bundle_tasks: load the deltas shipped in the bundle's tasks/ folder.
+        io_binding: gather task rows on the session's device with I/O binding; default on for cuda.
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str | os.PathLike[str],
+        provider: str = "cpu",
+        threads: int | None = None,
+        variant: str = "fp32",
+        max_batch_size: int = 32,
+        load_bundle_tasks: bool = True,
+        *,
+        io_binding: bool | None = None,
+    ) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest: Manifest = read_manifest(self.bundle_dir, verify=True)
+        if max_batch_size < 1:
+            raise InvalidInputError(f"max_batch_size must be at least 1, got {max_batch_size}.")
+        self.max_batch_size = max_batch_size
+        self.provider = provider
+        self.variant = variant
+        model_path = self._variant_path(variant)
+        self._layout = BiasLayout.from_inputs(self.manifest.bias_inputs)
+        self._bias_dims = dict(zip(self._layout.names, self._layout.dims, strict=True))
+        self._base_row = self._read_base()
+        self._tokenizer = BundleTokenizer(
+            self.bundle_dir / TOKENIZER_FILE,
+            self.manifest.max_length,
+            self.manifest.pad_token_id,
+            self.manifest.text_inputs,
+        )
+        session = create_session(model_path, provider, threads)
+        bound = provider != "cpu" if io_binding is None else io_binding
+        hidden = self.manifest.hidden_size
+        self._engine: HostEngine | BoundEngine
+        if bound:
+            self._engine = BoundEngine(
+                session,
+                self._layout,
+                hidden,
+                provider,
+                threads,
+                "cuda" if provider == "cuda" else "cpu",
+            )
+        else:
+            self._engine = HostEngine(session, self._layout, hidden)
+        self._registry = TaskRegistry(self._engine.build_device)
+        if load_bundle_tasks:
+            for rel in self.manifest.tasks:
+                self.load_task(self.bundle_dir / rel)
+
+    # ----------------------------------------------------------------- tasks
+    def load_task(
+        self, path: str | os.PathLike[str], name: str | None = None, replace: bool = False
+    ) -> str:
+        """Load a delta file as task `name` (default: the delta's own name); return the name."""
+        return self._add(load_delta(path), name, replace, repr(str(path)))
+
+    def load_task_bytes(self, data: bytes, name: str | None = None, replace: bool = False) -> str:
+        """Load a delta from its file bytes (an upload); return the task's name."""
+        return self._add(
+            from_bytes(bytes(data), source="uploaded delta"), name, replace, "uploaded delta"
+        )
+
+    def unload_task(self, name: str) -> None:
+        """Stop serving task `name`; runs under way finish with it."""
+        self._registry.remove(name)
+
+    @property
+    def tasks(self) -> dict[str, TaskInfo]:
+        """A snapshot of the loaded tasks: name -> TaskInfo."""
+        return {name: t.info for name, t in self._registry.snapshot().tasks.items()}
+
+    # ------------------------------------------------------------- predicting
+    def validate_input(self, task: str, item: Any) -> None:
+        """Raise TaskNotFoundError or InvalidInputError unless `item` can be predicted for `task`."""
+        self._registry.snapshot().get(task)
+        _check_item(item)
+
+    def predict(
+        self, task: str, inputs: Sequence[str | tuple[str, str] | list[str]]
+    ) -> list[Prediction]:
+        """Predict `task` for each input (a text, or a (text, text_pair) pair), in input order."""
+        if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Sequence):
+            raise InvalidInputError(
+                "inputs must be a list of texts or (text, text_pair) pairs, not a single value."
+            )
+        return self.predict_mixed([(task, item) for item in inputs])
+
+    def predict_mixed(
+        self, requests: Sequence[tuple[str, str | tuple[str, str]]]
+    ) -> list[Prediction]:
+        """Predict many (task, input) requests together: rows of similar length share runs; input order kept."""
+        if isinstance(requests, (str, bytes)) or not isinstance(requests, Sequence) or not requests:
+            raise InvalidInputError(
+                "no inputs given: pass at least one text (or (text, text_pair) pair) to predict."
+            )
+        snapshot = self._registry.snapshot()
+        tasks, items = [], []
+        for request in requests:
+            if not isinstance(request, (tuple, list)) or len(request) != 2:
+                raise InvalidInputError(
+                    f"each request must be a (task, input) pair, got {request!r:.80}."
+                )
+            tasks.append(snapshot.get(request[0]))
+            items.append(_check_item(request[1]))
+        encoded = self._tokenizer.encode(items)
+        results: list[Prediction | None] = [None] * len(encoded)
+        for run in plan_runs([len(e) for e in encoded], self.max_batch_size):
+            self._run(snapshot, run, tasks, encoded, results)
+        return results  # type: ignore[return-value]
+
+    # -------------------------------------------------------------- internals
+    def _run(
+        self, snapshot: Snapshot, run: list[int], tasks: list, encoded: list, results: list
+    ) -> None:
+        run_tasks = [tasks[i] for i in run]
+        text = self._tokenizer.pad([encoded[i] for i in run])
+        logits = self._engine.run(snapshot, run_tasks, text)
+        for row, i in enumerate(run):
+            info = run_tasks[row].info
+            results[i] = make_prediction(info, logits[row, : info.num_labels], encoded[i].truncated)
+
+    def _add(self, delta: TaskDelta, name: str | None, replace: bool, source: str) -> str:
+        m = self.manifest
+        check_delta_fits(
+            delta, m.base_fingerprint, m.pooling, self._bias_dims, m.hidden_size, source=source
+        )
+        name = delta.metadata.task if name is None else name
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidInputError(f"task name must be a non-empty string, got {name!r}.")
+        self._registry.add(prepare_task(delta, name, self._base_row, self._layout), replace=replace)
+        return name
+
+    def _variant_path(self, variant: str) -> Path:
+        rel = self.manifest.variants.get(variant)
+        if rel is None:
+            raise BundleError(
+                f"bundle {str(self.bundle_dir)!r} has no {variant!r} graph (it has "
+                f"{', '.join(self.manifest.variants)}); export it with that variant (e.g. --quantize int8)."
+            )
+        return self.bundle_dir / rel
+
+    def _read_base(self) -> np.ndarray:
+        path = self.bundle_dir / BASE_FILE
+        try:
+            base = load_file(str(path))
+        except (OSError, SafetensorError) as exc:
+            raise BundleError(f"cannot read {path} ({exc}); export the bundle again.") from exc
+        missing = [n for n in self._layout.names if n not in base]
+        if missing:
+            raise BundleError(
+                f"{path} lacks the base biases {missing[:3]}; export the bundle again."
+            )
+        return self._layout.flatten(base)
+
+
+def _check_item(item: Any) -> TextInput:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
+        return (item[0], item[1])
+    raise InvalidInputError(
+        f"each input must be a text or a (text, text_pair) pair of texts, got {type(item).__name__} "
+        f"{item!r:.80}."
+    )
