@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,10 +13,14 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from bitfit_deploy._io import atomic_dir
-from bitfit_deploy.contract import graph_bias_names
+from bitfit_deploy.contract import HEAD_KEYS, graph_bias_names
 from bitfit_deploy.delta import TaskDelta, check_delta_fits, load_delta
-from bitfit_deploy.errors import IncompatibleTaskError
+from bitfit_deploy.errors import ExportOptionError, IncompatibleTaskError
+from bitfit_deploy.exporters.bake import export_baked_graph
+from bitfit_deploy.exporters.graph import check_runtime_inputs, export_per_row_graph, hidden_size
+from bitfit_deploy.exporters.quantize import QUANTIZATIONS, quantize_int8
 from bitfit_deploy.manifest import (
+    BAKED_DIR,
     BASE_FILE,
     MANIFEST_FILE,
     TASKS_DIR,
@@ -25,9 +30,9 @@ from bitfit_deploy.manifest import (
     sha256_file,
 )
 from bitfit_deploy.modeling import base_fingerprint, check_supported, load_encoder, resolve_pooling
-from bitfit_deploy.exporters.graph import export_per_row_graph
 
 DEFAULT_MAX_LENGTH = 256
+_TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def export_bundle(
@@ -38,12 +43,22 @@ def export_bundle(
     max_length: int | None = None,
     opset: int = 17,
     force: bool = False,
+    quantize: str | None = None,
+    bake: list[str] = (),
 ) -> Manifest:
     """Export the base at `model` (default: packaged MiniLM) as a per-row bias bundle in `output`.
 
     Every `tasks` delta is checked against the base fingerprint and copied into `tasks/`.
-    The folder appears whole or not at all; an existing one is replaced only with `force`.
+    `quantize="int8"` adds `model.int8.onnx`; each task named in `bake` (a task of `tasks`)
+    gets a plain single-task graph `baked/<task>.onnx`. The folder appears whole or not at
+    all; an existing one is replaced only with `force`.
+
+    Example: `export_bundle("bundle", tasks=["sst2.safetensors"], quantize="int8")`.
     """
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ExportOptionError(
+            f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}."
+        )
     encoder, model_path = load_encoder(model)
     architecture = check_supported(encoder)
     fp = base_fingerprint(encoder)
@@ -52,14 +67,29 @@ def export_bundle(
     params = {n: p.detach().float().numpy() for n, p in encoder.named_parameters()}
     bias_names = graph_bias_names(params, pooling)
     bias_dims = {n: int(params[n].shape[0]) for n in bias_names}
-    hidden = int(encoder.config.hidden_size)
+    hidden = hidden_size(encoder)
     for path, delta in deltas:
         check_delta_fits(delta, fp, pooling, bias_dims, hidden, source=repr(str(path)))
     _check_unique_names(deltas)
+    baked = _baked_deltas(deltas, bake)
 
     with atomic_dir(output, force=force) as tmp:
-        text_inputs = export_per_row_graph(encoder, pooling, bias_names, tmp / VARIANT_FILES["fp32"], opset)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a bundle is an ordinary folder
+        text_inputs = export_per_row_graph(
+            encoder, pooling, bias_names, tmp / VARIANT_FILES["fp32"], opset
+        )
         text_inputs = [n for n in text_inputs if n not in bias_dims and not n.startswith("head.")]
+        variants = {"fp32": VARIANT_FILES["fp32"]}
+        if quantize == "int8":
+            quantize_int8(tmp / VARIANT_FILES["fp32"], tmp / VARIANT_FILES["int8"])
+            check_runtime_inputs(tmp / VARIANT_FILES["int8"], [*bias_names, *HEAD_KEYS])
+            variants["int8"] = VARIANT_FILES["int8"]
+        baked_files = {}
+        for delta in baked:
+            rel = f"{BAKED_DIR}/{delta.metadata.task}.onnx"
+            (tmp / BAKED_DIR).mkdir(exist_ok=True)
+            export_baked_graph(encoder, delta, tmp / rel, opset)
+            baked_files[delta.metadata.task] = rel
         save_file({n: np.ascontiguousarray(params[n]) for n in bias_names}, str(tmp / BASE_FILE))
         pad_id = _save_tokenizer(model_path, tmp)
         task_files = []
@@ -76,11 +106,12 @@ def export_bundle(
             hidden_size=hidden,
             text_inputs=text_inputs,
             bias_inputs=[BiasInput(n, bias_dims[n]) for n in bias_names],
-            variants={"fp32": VARIANT_FILES["fp32"]},
+            variants=variants,
             base_model=str(model_path),
             opset=opset,
             pad_token_id=pad_id,
             tasks=task_files,
+            baked=baked_files,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         write_manifest(tmp, manifest)
@@ -97,7 +128,9 @@ def write_manifest(bundle: Path, manifest: Manifest) -> None:
     (bundle / MANIFEST_FILE).write_text(manifest.to_json())
 
 
-def _bundle_pooling(encoder, model_path: str, requested: str, deltas: list[tuple[Path, TaskDelta]]) -> str:
+def _bundle_pooling(
+    encoder, model_path: str, requested: str, deltas: list[tuple[Path, TaskDelta]]
+) -> str:
     if requested == "auto" and deltas:
         poolings = {d.metadata.pooling for _, d in deltas}
         if len(poolings) > 1:
@@ -113,9 +146,33 @@ def _check_unique_names(deltas: list[tuple[Path, TaskDelta]]) -> None:
     seen: dict[str, Path] = {}
     for path, delta in deltas:
         name = delta.metadata.task
+        if not _TASK_NAME.fullmatch(name):
+            raise IncompatibleTaskError(
+                f"task name {name!r} of {path} cannot name a bundle file; use letters, digits, '.', '_' "
+                "or '-' (retrain with another --task-name)."
+            )
         if name in seen:
-            raise IncompatibleTaskError(f"tasks {seen[name]} and {path} are both named {name!r}; rename one.")
+            raise IncompatibleTaskError(
+                f"tasks {seen[name]} and {path} are both named {name!r}; rename one."
+            )
         seen[name] = path
+
+
+def _baked_deltas(deltas: list[tuple[Path, TaskDelta]], bake: list[str]) -> list[TaskDelta]:
+    by_name = {d.metadata.task: d for _, d in deltas}
+    unknown = [name for name in bake if name not in by_name]
+    if unknown:
+        raise ExportOptionError(
+            f"--bake {unknown[0]!r} names no task of this export; bake one of the --task deltas "
+            f"({', '.join(by_name) or 'none given'})."
+        )
+    return [by_name[name] for name in dict.fromkeys(bake)]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _save_tokenizer(model_path: str, bundle: Path) -> int:
@@ -134,7 +191,9 @@ def _max_length(encoder, model_path: str, requested: int | None) -> int:
         limit -= int(encoder.config.pad_token_id or 0) + 1  # positions start after padding_idx
     if requested is not None:
         if not 1 <= requested <= limit:
-            raise IncompatibleTaskError(f"--max-length {requested} must be between 1 and {limit} for this model.")
+            raise IncompatibleTaskError(
+                f"--max-length {requested} must be between 1 and {limit} for this model."
+            )
         return requested
     st = Path(model_path) / "sentence_bert_config.json"
     if st.is_file():

@@ -15,13 +15,18 @@ import click
 @click.option("--pooling", type=click.Choice(["auto", "mean", "cls", "pooler"]), default="auto", show_default=True, help="Pooling of the graph; auto follows the tasks, else the base.")
 @click.option("--max-length", type=int, default=None, help="Tokens per input before truncation [default: the base's].")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write model.int8.onnx (ONNX Runtime dynamic int8 of the frozen weights).")
+@click.option("--bake", "bake", multiple=True, metavar="TASK", help="Also write baked/TASK.onnx, a plain single-task graph, for a task given by --task (repeatable).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def command(onnx_format: bool, model: str | None, output: Path, tasks: tuple[str, ...], pooling: str,
-            max_length: int | None, opset: int, force: bool) -> None:
+            max_length: int | None, opset: int, quantize: str | None, bake: tuple[str, ...],
+            force: bool) -> None:
     """Write ONE ONNX graph in which every bias and the task head are per-row inputs."""
     from bitfit_deploy.exporters.bundle import export_bundle
 
     manifest = export_bundle(output, model=model, tasks=list(tasks), pooling=pooling,
-                             max_length=max_length, opset=opset, force=force)
+                             max_length=max_length, opset=opset, force=force, quantize=quantize,
+                             bake=list(bake))
+    baked = f", baked {', '.join(manifest.baked)}" if manifest.baked else ""
     click.echo(f"wrote {output}: {len(manifest.bias_inputs)} bias inputs, pooling {manifest.pooling}, "
-               f"{len(manifest.tasks)} task(s), variants {', '.join(manifest.variants)}")
+               f"{len(manifest.tasks)} task(s), variants {', '.join(manifest.variants)}{baked}")

@@ -1,0 +1,50 @@
+"""`--quantize int8`: ONNX Runtime dynamic int8 quantization of the frozen weights only.
+
+Only MatMuls whose weight is an initializer (the frozen projections) are quantized: the
+per-row bias Adds, the attention products between activations and the head MatMul (whose
+weight is a per-row input) stay float32, so every task keeps its exact biases and head.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from bitfit_deploy.errors import ExportError
+
+QUANTIZATIONS = ("int8",)
+
+
+def frozen_weight_matmuls(model_path: str | os.PathLike[str]) -> list[str]:
+    """Names of the MatMul nodes whose second operand is an initializer (a frozen weight)."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in initializers]
+
+
+def quantize_int8(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Write `target`: `source` with its frozen MatMul weights dynamically quantized to int8."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    nodes = frozen_weight_matmuls(source)
+    if not nodes:
+        raise ExportError(f"{source} has no MatMul with a frozen weight to quantize.")
+    # The quantizer logs a pre-processing hint at WARNING for every model; it does not apply here.
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(
+            Path(source),
+            Path(target),
+            op_types_to_quantize=["MatMul"],
+            nodes_to_quantize=nodes,
+            per_channel=False,
+            weight_type=QuantType.QInt8,
+        )
+    finally:
+        logger.setLevel(level)
+    return Path(target)
