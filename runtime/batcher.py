@@ -200,6 +200,12 @@ class Batcher:
         start = time.perf_counter()
         try:
             outputs = await loop.run_in_executor(self._executor, self._run_checked, rows)
+        except asyncio.CancelledError:
+            for request in batch:
+                _settle(
+                    request.future, exc=BatcherClosedError("the server stopped before answering.")
+                )
+            raise
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0].future, exc=exc)
