@@ -1,0 +1,289 @@
+"""Open Inference Protocol (KServe V2) mapping: each loaded task is a model.
+
+Inputs: `text` (BYTES, one element per row) and optionally `text_pair` (BYTES, same count).
+Outputs of a classification task: `label` (BYTES [n]), `score` (FP32 [n], the top label's
+probability) and `scores` (FP32 [n, num_labels], in the task's label order); of a regression
+task: `value` (FP32 [n]) and `score` (FP32 [n], the same value). Tensors travel as JSON or with
+the binary tensor extension (`Inference-Header-Content-Length`), as off-the-shelf clients such
+as `tritonclient.http` send and ask for them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bitfit_deploy.runtime.results import Prediction, TaskInfo
+
+PLATFORM = "bitfit-deploy"
+MODEL_VERSION = "1"
+TEXT = "text"
+TEXT_PAIR = "text_pair"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+EXTENSIONS = ["binary_tensor_data"]
+
+
+class OIPRequestError(ValueError):
+    """An inference request that does not follow the protocol or this model's inputs."""
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A parsed inference request: the rows, its id, and which outputs to answer how."""
+
+    items: list[str | tuple[str, str]]
+    id: str | None
+    outputs: list[tuple[str, bool]] | None
+    """(name, binary) per requested output; None asks for every output."""
+    binary_default: bool
+
+
+def server_metadata(version: str) -> dict[str, Any]:
+    """The body of `GET /v2`."""
+    return {"name": PLATFORM, "version": version, "extensions": EXTENSIONS}
+
+
+def output_specs(info: TaskInfo) -> list[dict[str, Any]]:
+    """The outputs a task's model answers, as model metadata lists them."""
+    if info.problem_type == "regression":
+        return [_spec("value", "FP32", [-1]), _spec("score", "FP32", [-1])]
+    return [
+        _spec("label", "BYTES", [-1]),
+        _spec("score", "FP32", [-1]),
+        _spec("scores", "FP32", [-1, info.num_labels]),
+    ]
+
+
+def model_metadata(info: TaskInfo) -> dict[str, Any]:
+    """The body of `GET /v2/models/{task}`."""
+    return {
+        "name": info.name,
+        "versions": [MODEL_VERSION],
+        "platform": PLATFORM,
+        "inputs": [_spec(TEXT, "BYTES", [-1]), _spec(TEXT_PAIR, "BYTES", [-1])],
+        "outputs": output_specs(info),
+    }
+
+
+def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
+    """Parse a JSON (or JSON + binary tensors) inference request into rows."""
+    try:
+        split = len(body) if header_length is None else int(header_length)
+    except ValueError:
+        raise OIPRequestError(
+            f"{HEADER_LENGTH} must be an integer, got {header_length!r}."
+        ) from None
+    if not 0 <= split <= len(body):
+        raise OIPRequestError(f"{HEADER_LENGTH} {split} is outside the body of {len(body)} bytes.")
+    try:
+        request = json.loads(body[:split])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OIPRequestError(f"the inference request is not valid JSON ({exc}).") from None
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
+        raise OIPRequestError("an inference request is a JSON object with an 'inputs' list.")
+    binary = memoryview(body)[split:]
+    columns: dict[str, list[str]] = {}
+    for tensor in request["inputs"]:
+        name, values, used = _read_input(tensor, binary)
+        binary = binary[used:]
+        if name in columns:
+            raise OIPRequestError(f"input {name!r} is given twice.")
+        columns[name] = values
+    if len(binary):
+        raise OIPRequestError(f"{len(binary)} bytes of binary data belong to no input.")
+    if TEXT not in columns:
+        raise OIPRequestError(f"the request lacks the BYTES input {TEXT!r} (one text per row).")
+    texts = columns[TEXT]
+    items: list[str | tuple[str, str]] = list(texts)
+    if TEXT_PAIR in columns:
+        pairs = columns[TEXT_PAIR]
+        if len(pairs) != len(texts):
+            raise OIPRequestError(
+                f"{TEXT_PAIR!r} has {len(pairs)} elements but {TEXT!r} has {len(texts)}."
+            )
+        items = list(zip(texts, pairs, strict=True))
+    params = request.get("parameters") or {}
+    binary_default = (
+        bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    )
+    request_id = request.get("id")
+    return InferRequest(
+        items,
+        None if request_id is None else str(request_id),
+        _read_outputs(request),
+        binary_default,
+    )
+
+
+def encode_infer_response(
+    info: TaskInfo, request: InferRequest, predictions: Sequence[Prediction]
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers; binary outputs follow the JSON header."""
+    tensors = _output_tensors(info, predictions)
+    wanted = request.outputs or [
+        (spec["name"], request.binary_default) for spec in output_specs(info)
+    ]
+    known = {spec["name"] for spec in output_specs(info)}
+    unknown = [name for name, _ in wanted if name not in known]
+    if unknown:
+        raise OIPRequestError(
+            f"model {info.name!r} has no outputs {unknown}; it has {sorted(known)}."
+        )
+    outputs, chunks = [], []
+    for name, binary in wanted:
+        datatype, array = tensors[name]
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary:
+            raw = _to_binary(datatype, array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = array.reshape(-1).tolist()
+        outputs.append(entry)
+    head: dict[str, Any] = {
+        "model_name": info.name,
+        "model_version": MODEL_VERSION,
+        "outputs": outputs,
+    }
+    if request.id is not None:
+        head["id"] = request.id
+    header = json.dumps(head).encode()
+    if not chunks:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(chunks), {
+        "content-type": "application/octet-stream",
+        HEADER_LENGTH: str(len(header)),
+    }
+
+
+def _spec(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
+    return {"name": name, "datatype": datatype, "shape": shape}
+
+
+def _read_input(tensor: Any, binary: memoryview) -> tuple[str, list[str], int]:
+    """One input tensor's name, its texts, and how many binary bytes it used."""
+    if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+        raise OIPRequestError(
+            "each input is an object with a 'name', 'shape', 'datatype' and data."
+        )
+    name = tensor["name"]
+    if name not in (TEXT, TEXT_PAIR):
+        raise OIPRequestError(f"unknown input {name!r}; the inputs are {TEXT!r} and {TEXT_PAIR!r}.")
+    if tensor.get("datatype") != "BYTES":
+        raise OIPRequestError(
+            f"input {name!r} must have datatype BYTES, not {tensor.get('datatype')!r}."
+        )
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise OIPRequestError(f"input {name!r} needs a 'shape' list of non-negative integers.")
+    count = math.prod(shape)
+    params = tensor.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None:
+        if not isinstance(size, int) or not 0 <= size <= len(binary):
+            raise OIPRequestError(
+                f"input {name!r}: binary_data_size {size!r} exceeds the binary data."
+            )
+        values = _bytes_elements(bytes(binary[:size]), name)
+        used = size
+    else:
+        values = _flatten(tensor.get("data"), name)
+        used = 0
+    if len(values) != count:
+        raise OIPRequestError(
+            f"input {name!r} has {len(values)} elements but shape {shape} says {count}."
+        )
+    return name, values, used
+
+
+def _flatten(data: Any, name: str) -> list[str]:
+    if not isinstance(data, list):
+        raise OIPRequestError(f"input {name!r} needs a 'data' list (or binary data).")
+    out: list[str] = []
+    stack = [iter(data)]
+    while stack:
+        value = next(stack[-1], StopIteration)
+        if value is StopIteration:
+            stack.pop()
+        elif isinstance(value, list):
+            stack.append(iter(value))
+        elif isinstance(value, str):
+            out.append(value)
+        else:
+            raise OIPRequestError(
+                f"input {name!r}: BYTES elements are strings, got {type(value).__name__}."
+            )
+    return out
+
+
+def _bytes_elements(raw: bytes, name: str) -> list[str]:
+    """Decode the binary BYTES layout: per element a little-endian uint32 length, then the bytes."""
+    out, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise OIPRequestError(f"input {name!r}: binary BYTES data is truncated.")
+        (n,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + n > len(raw):
+            raise OIPRequestError(f"input {name!r}: binary BYTES data is truncated.")
+        try:
+            out.append(raw[offset : offset + n].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise OIPRequestError(
+                f"input {name!r}: element {len(out)} is not UTF-8 text."
+            ) from None
+        offset += n
+    return out
+
+
+def _read_outputs(request: dict[str, Any]) -> list[tuple[str, bool]] | None:
+    outputs = request.get("outputs")
+    if outputs is None:
+        return None
+    if not isinstance(outputs, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+    ):
+        raise OIPRequestError("'outputs' must be a list of objects with a 'name'.")
+    params = request.get("parameters") or {}
+    default = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    result = []
+    for o in outputs:
+        p = o.get("parameters") or {}
+        result.append(
+            (o["name"], bool(p.get("binary_data", default)) if isinstance(p, dict) else default)
+        )
+    return result
+
+
+def _output_tensors(
+    info: TaskInfo, predictions: Sequence[Prediction]
+) -> dict[str, tuple[str, np.ndarray]]:
+    score = np.array([p.score for p in predictions], dtype=np.float32)
+    if info.problem_type == "regression":
+        value = np.array([p.value for p in predictions], dtype=np.float32)
+        return {"value": ("FP32", value), "score": ("FP32", score)}
+    labels = np.array([p.label or "" for p in predictions], dtype=object)
+    scores = np.array(
+        [[p.scores[lab] for lab in info.labels] for p in predictions], dtype=np.float32
+    )
+    return {
+        "label": ("BYTES", labels),
+        "score": ("FP32", score),
+        "scores": ("FP32", scores.reshape(len(predictions), info.num_labels)),
+    }
+
+
+def _to_binary(datatype: str, array: np.ndarray) -> bytes:
+    if datatype == "BYTES":
+        parts = []
+        for value in array.reshape(-1):
+            raw = str(value).encode("utf-8")
+            parts.append(struct.pack("<I", len(raw)) + raw)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype="<f4").tobytes()

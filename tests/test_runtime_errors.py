@@ -1,0 +1,177 @@
+"""Bad input to the runtime: each fails with a typed error that says what to do; loaded tasks keep serving."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from runtime_fixtures import SENTENCES, synthetic_delta
+
+from bitfit_deploy.delta import save_delta, to_bytes
+from bitfit_deploy.errors import (
+    BundleError,
+    DeltaFormatError,
+    FingerprintMismatchError,
+    IncompatibleTaskError,
+    InvalidInputError,
+    ProviderUnavailableError,
+    TaskExistsError,
+    TaskNotFoundError,
+)
+from bitfit_deploy.manifest import read_manifest
+from bitfit_deploy.runtime import Runtime
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bert, tmp_path_factory):
+    from bitfit_deploy.exporters.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("rt-err") / "bundle"
+    export_bundle(out, model=str(tiny_bert))
+    return out
+
+
+@pytest.fixture
+def runtime(bundle, tmp_path):
+    rt = Runtime(bundle, threads=1)
+    manifest = read_manifest(bundle)
+    rt.load_task(
+        save_delta(synthetic_delta(manifest, "alpha", seed=1), tmp_path / "alpha.safetensors")
+    )
+    rt.load_task(
+        save_delta(synthetic_delta(manifest, "beta", seed=2), tmp_path / "beta.safetensors")
+    )
+    return rt
+
+
+def _still_serving(rt, before):
+    assert set(rt.tasks) == {"alpha", "beta"}
+    assert rt.predict("alpha", SENTENCES[:2]) == before
+
+
+def test_unknown_task_lists_loaded_ones(runtime):
+    with pytest.raises(TaskNotFoundError, match=r"'gamma' is not loaded \(loaded: alpha, beta\)"):
+        runtime.predict("gamma", ["hi"])
+    with pytest.raises(TaskNotFoundError, match="alpha, beta"):
+        runtime.predict_mixed([("alpha", "ok"), ("gamma", "hi")])
+    with pytest.raises(TaskNotFoundError):
+        runtime.validate_input("gamma", "hi")
+    with pytest.raises(TaskNotFoundError, match="not loaded"):
+        runtime.unload_task("gamma")
+
+
+@pytest.mark.parametrize("inputs", [[], ()])
+def test_empty_input_list(runtime, inputs):
+    with pytest.raises(InvalidInputError, match="at least one"):
+        runtime.predict("alpha", inputs)
+    with pytest.raises(InvalidInputError, match="at least one"):
+        runtime.predict_mixed(inputs)
+
+
+@pytest.mark.parametrize(
+    "item", [3, None, b"bytes", {"text": "x"}, ("a", "b", "c"), ("a", 2), ["only one"]]
+)
+def test_non_string_input(runtime, item):
+    with pytest.raises(InvalidInputError, match="text or a \\(text, text_pair\\) pair"):
+        runtime.predict("alpha", ["fine", item])
+    with pytest.raises(InvalidInputError):
+        runtime.validate_input("alpha", item)
+
+
+def test_a_single_string_is_not_an_input_list(runtime):
+    with pytest.raises(InvalidInputError, match="list of texts"):
+        runtime.predict("alpha", "a bare string")
+
+
+def test_foreign_fingerprint_names_both(runtime, bundle, tmp_path):
+    before = runtime.predict("alpha", SENTENCES[:2])
+    manifest = read_manifest(bundle)
+    foreign = "sha256:" + "ab" * 32
+    path = save_delta(
+        synthetic_delta(manifest, "gamma", fingerprint=foreign), tmp_path / "g.safetensors"
+    )
+    with pytest.raises(FingerprintMismatchError) as info:
+        runtime.load_task(path)
+    assert foreign in str(info.value) and manifest.base_fingerprint in str(info.value)
+    _still_serving(runtime, before)
+
+
+def test_other_pooling_is_incompatible(runtime, bundle):
+    before = runtime.predict("alpha", SENTENCES[:2])
+    delta = synthetic_delta(read_manifest(bundle), "gamma")
+    delta.metadata.pooling = "mean" if delta.metadata.pooling != "mean" else "cls"
+    with pytest.raises(IncompatibleTaskError, match="pools with"):
+        runtime.load_task_bytes(to_bytes(delta))
+    _still_serving(runtime, before)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_or_truncated_delta(runtime, bundle, tmp_path, damage):
+    before = runtime.predict("alpha", SENTENCES[:2])
+    data = to_bytes(synthetic_delta(read_manifest(bundle), "gamma"))
+    bad = {"truncated": data[: len(data) // 2], "garbage": b"\x07not a delta" * 50, "empty": b""}[
+        damage
+    ]
+    (tmp_path / "bad.safetensors").write_bytes(bad)
+    with pytest.raises(DeltaFormatError, match="truncated or corrupt"):
+        runtime.load_task(tmp_path / "bad.safetensors")
+    with pytest.raises(DeltaFormatError):
+        runtime.load_task_bytes(bad, name="gamma")
+    _still_serving(runtime, before)
+
+
+def test_missing_delta_file(runtime, tmp_path):
+    with pytest.raises(DeltaFormatError, match="cannot read delta"):
+        runtime.load_task(tmp_path / "nope.safetensors")
+
+
+def test_existing_name_needs_replace(runtime, bundle):
+    before = runtime.predict("alpha", SENTENCES[:2])
+    other = to_bytes(synthetic_delta(read_manifest(bundle), "alpha", seed=9))
+    with pytest.raises(TaskExistsError, match="replace=True"):
+        runtime.load_task_bytes(other)
+    _still_serving(runtime, before)
+    assert runtime.load_task_bytes(other, replace=True) == "alpha"
+    assert runtime.predict("alpha", SENTENCES[:2]) != before
+
+
+def test_load_under_another_name(runtime, bundle):
+    data = to_bytes(synthetic_delta(read_manifest(bundle), "alpha", seed=1))
+    assert runtime.load_task_bytes(data, name="alpha-copy") == "alpha-copy"
+    a, b = (
+        runtime.predict("alpha", SENTENCES[:1])[0],
+        runtime.predict("alpha-copy", SENTENCES[:1])[0],
+    )
+    assert (b.task, b.scores) == ("alpha-copy", a.scores)
+    with pytest.raises(InvalidInputError, match="non-empty"):
+        runtime.load_task_bytes(data, name=" ")
+
+
+def test_missing_variant(bundle):
+    with pytest.raises(BundleError, match="no 'int8' graph"):
+        Runtime(bundle, variant="int8")
+
+
+def test_modified_bundle_is_refused(bundle, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    with open(copy / "base.safetensors", "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(BundleError, match="sha256"):
+        Runtime(copy)
+
+
+def test_cuda_unavailable_is_clear(bundle):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ProviderUnavailableError, match="onnxruntime-gpu"):
+        Runtime(bundle, provider="cuda")
+    with pytest.raises(ProviderUnavailableError, match="unknown provider"):
+        Runtime(bundle, provider="tpu")
+
+
+def test_bad_batch_size(bundle):
+    with pytest.raises(InvalidInputError, match="max_batch_size"):
+        Runtime(bundle, max_batch_size=0)

@@ -1,0 +1,63 @@
+"""The runtime's parts on their own: run planning, the Gather graph bytes, score conversion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bitfit_deploy.runtime._gather_graph import ROWS, TABLE_PREFIX, gather_graph
+from bitfit_deploy.runtime.batching import plan_runs
+from bitfit_deploy.runtime.providers import create_session
+from bitfit_deploy.runtime.results import TaskInfo, make_prediction
+
+
+def test_plan_runs_groups_similar_lengths_and_covers_every_row():
+    lengths = [30, 5, 29, 6, 5, 31, 7]
+    runs = plan_runs(lengths, 3)
+    assert runs == [[1, 4, 3], [6, 2, 0], [5]]
+    assert sorted(i for run in runs for i in run) == list(range(len(lengths)))
+    assert plan_runs([], 4) == []
+    with pytest.raises(ValueError):
+        plan_runs([1], 0)
+
+
+def test_gather_graph_is_valid_onnx_and_gathers_rows():
+    import onnx
+
+    data = gather_graph([("a.bias", [3]), ("head.weight", ["labels", 2])])
+    onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+    session = create_session(data, "cpu", threads=1)
+    table_a = np.arange(12, dtype=np.float32).reshape(4, 3)
+    table_h = np.arange(16, dtype=np.float32).reshape(4, 2, 2)
+    rows = np.array([2, 0, 2], dtype=np.int64)
+    a, h = session.run(
+        ["a.bias", "head.weight"],
+        {ROWS: rows, TABLE_PREFIX + "a.bias": table_a, TABLE_PREFIX + "head.weight": table_h},
+    )
+    np.testing.assert_array_equal(a, table_a[rows])
+    np.testing.assert_array_equal(h, table_h[rows])
+
+
+def test_make_prediction_by_problem_type():
+    single = make_prediction(
+        TaskInfo("s", ["n", "p"], "single_label", num_labels=2), np.array([0.0, np.log(3)]), False
+    )
+    assert (single.label, single.predicted_labels) == ("p", ["p"])
+    assert single.score == pytest.approx(0.75) and single.scores["n"] == pytest.approx(0.25)
+    multi = make_prediction(
+        TaskInfo("m", ["x", "y", "z"], "multi_label", num_labels=3),
+        np.array([2.0, -1.0, 0.5]),
+        True,
+    )
+    assert multi.predicted_labels == ["x", "z"] and multi.label == "x" and multi.truncated
+    assert multi.scores["y"] == pytest.approx(1 / (1 + np.e))
+    reg = make_prediction(TaskInfo("r", [], "regression"), np.array([1.5]), False)
+    assert reg.to_dict() == {
+        "task": "r",
+        "label": None,
+        "score": 1.5,
+        "scores": {},
+        "value": 1.5,
+        "predicted_labels": [],
+        "truncated": False,
+    }
