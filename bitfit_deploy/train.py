@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import tempfile
@@ -29,11 +28,12 @@ import torch
 from torch import nn
 
 from bitfit_deploy import __version__
-from bitfit_deploy._io import atomic_dir, check_output
+from bitfit_deploy._io import check_output
 from bitfit_deploy.contract import HEAD_BIAS, HEAD_WEIGHT, PROBLEM_TYPES
 from bitfit_deploy.data import Columns, Split, TaskData, load_task_data
 from bitfit_deploy.delta import DeltaMetadata, TaskDelta, save_delta
 from bitfit_deploy.errors import DataError, ModelError
+from bitfit_deploy.merge import write_model_folder
 from bitfit_deploy.metrics import DEFAULT_METRIC, compute_metrics
 from bitfit_deploy.modeling import (
     TaskModel,
@@ -50,9 +50,6 @@ log = logging.getLogger(__name__)
 METHODS = ("bitfit", "full")
 DEFAULT_LR = {"bitfit": 5e-3, "full": 5e-5}
 """Measured on the packaged MiniLM, SST-2: BitFit 5e-3 beat 1e-3; full fine-tuning at 5e-5."""
-TASK_JSON = "bitfit_task.json"
-"""Task metadata written beside a full model (method full) or a merged model."""
-HEAD_FILE = "head.safetensors"
 
 
 @dataclass
@@ -203,7 +200,7 @@ def train(config: TrainConfig) -> TrainResult:
         )
         save_delta(delta, config.output, force=config.force)
     else:
-        save_full_model(model, tokenizer, meta, config.output, force=config.force)
+        write_model_folder(model, tokenizer, meta, config.output, force=config.force)
     log.info("wrote %s (%s)", config.output, _summary(result_metrics))
     return TrainResult(
         Path(config.output),
@@ -217,32 +214,6 @@ def train(config: TrainConfig) -> TrainResult:
         samples_per_s,
         delta,
     )
-
-
-def save_full_model(
-    model: TaskModel, tokenizer: Any, meta: DeltaMetadata, output: str | Path, force: bool = False
-) -> Path:
-    """Write encoder (save_pretrained) + tokenizer + head.safetensors + task metadata JSON, atomically."""
-    from safetensors.torch import save_file
-
-    with atomic_dir(output, force=force) as tmp:
-        model.encoder.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        save_file(
-            {
-                HEAD_WEIGHT: model.head.weight.detach().float().contiguous(),
-                HEAD_BIAS: model.head.bias.detach().float().contiguous(),
-            },
-            str(tmp / HEAD_FILE),
-        )
-        (tmp / TASK_JSON).write_text(
-            json.dumps(
-                meta.to_header()
-                | {"labels": meta.labels, "metrics": meta.metrics, "training": meta.training},
-                indent=2,
-            )
-        )
-    return Path(output)
 
 
 def _check_config(config: TrainConfig) -> None:

@@ -1,11 +1,170 @@
-"""`bitfit-deploy train` (being built)."""
+"""`bitfit-deploy train`: train one task's biases and head and write its delta file."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from bitfit_deploy.contract import PROBLEM_TYPES
 
 
 @click.command()
-def command() -> None:
-    """Not built yet."""
-    raise click.ClickException("'train' is not built yet")
+@click.option(
+    "--task", required=True, help="Task name stored in the delta (the name clients ask for)."
+)
+@click.option(
+    "--train",
+    "train_path",
+    required=True,
+    type=click.Path(exists=True),
+    help="Training data: TSV, CSV, JSON, JSONL, Parquet or a datasets folder.",
+)
+@click.option(
+    "--eval",
+    "eval_path",
+    type=click.Path(exists=True),
+    default=None,
+    help="Evaluation data; scored each epoch, the best epoch is kept.",
+)
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Delta file to write (.safetensors); a folder with --method full.",
+)
+@click.option(
+    "--model",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Local Hugging Face encoder folder [default: packaged all-MiniLM-L6-v2].",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["bitfit", "full"]),
+    default="bitfit",
+    show_default=True,
+    help="bitfit trains biases + head; full trains everything (baseline).",
+)
+@click.option(
+    "--biases",
+    default="all",
+    show_default=True,
+    help="Biases to train: all, paper (query + intermediate) or a regex over parameter names.",
+)
+@click.option(
+    "--pooling",
+    type=click.Choice(["auto", "mean", "cls", "pooler"]),
+    default="auto",
+    show_default=True,
+    help="How the head pools the encoder output; auto pools as the base was trained.",
+)
+@click.option("--epochs", type=float, default=2.0, show_default=True, help="Training epochs.")
+@click.option(
+    "--max-steps",
+    type=int,
+    default=None,
+    help="Stop after this many optimizer steps (overrides --epochs).",
+)
+@click.option(
+    "--lr", type=float, default=None, help="Peak learning rate [default: 5e-3 bitfit, 5e-5 full]."
+)
+@click.option(
+    "--batch-size", type=int, default=32, show_default=True, help="Examples per step and device."
+)
+@click.option(
+    "--max-length",
+    type=int,
+    default=128,
+    show_default=True,
+    help="Tokens per example before truncation.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=42,
+    show_default=True,
+    help="Seed: same seed, same data, same delta.",
+)
+@click.option(
+    "--early-stopping", type=int, default=None, help="Stop after N evaluations without improvement."
+)
+@click.option(
+    "--text-column",
+    default=None,
+    help="Text column (name, or 0-based index for a file without header).",
+)
+@click.option(
+    "--text-pair-column", default=None, help="Second text column for sentence-pair tasks."
+)
+@click.option("--label-column", default=None, help="Label column.")
+@click.option(
+    "--problem-type",
+    type=click.Choice(PROBLEM_TYPES),
+    default=None,
+    help="[default: the preset's, else single_label]",
+)
+@click.option("--preset", default=None, help="GLUE task preset: sst2, cola, mrpc, rte, stsb, qnli.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def command(
+    task: str,
+    train_path: str,
+    eval_path: str | None,
+    output: Path,
+    model: str | None,
+    method: str,
+    biases: str,
+    pooling: str,
+    epochs: float,
+    max_steps: int | None,
+    lr: float | None,
+    batch_size: int,
+    max_length: int,
+    seed: int,
+    early_stopping: int | None,
+    text_column: str | None,
+    text_pair_column: str | None,
+    label_column: str | None,
+    problem_type: str | None,
+    preset: str | None,
+    force: bool,
+) -> None:
+    """Fine-tune only the biases (and a linear head) of a frozen encoder; write a bias-delta file."""
+    from bitfit_deploy.train import TrainConfig, train
+
+    config = TrainConfig(
+        task=task,
+        train=train_path,
+        eval=eval_path,
+        output=str(output),
+        model=model,
+        method=method,
+        biases=biases,
+        pooling=pooling,
+        epochs=epochs,
+        max_steps=max_steps,
+        lr=lr,
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+        early_stopping=early_stopping,
+        text_column=text_column,
+        text_pair_column=text_pair_column,
+        label_column=label_column,
+        problem_type=problem_type,
+        preset=preset,
+        force=force,
+    )
+    result = train(config)
+    size = sum(
+        f.stat().st_size
+        for f in ([output] if output.is_file() else output.rglob("*"))
+        if f.is_file()
+    )
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()) or "no eval data"
+    best = f" (best epoch {result.best_epoch:g})" if result.best_epoch is not None else ""
+    click.echo(
+        f"wrote {output} ({size / 1024:.1f} KB): task {task!r}, {result.trainable_parameters:,} of "
+        f"{result.total_parameters:,} parameters trained; eval {metrics}{best}"
+    )
