@@ -61,6 +61,7 @@ def load_encoder(
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read a model config in {path!r}: {exc}") from exc
     if config.model_type not in SUPPORTED_ARCHITECTURES:
+        _check_has_bias(config, path)
         raise UnsupportedArchitectureError(
             f"architecture {config.model_type!r} is not supported; supported: "
             f"{', '.join(SUPPORTED_ARCHITECTURES)}."
@@ -79,6 +80,22 @@ def load_encoder(
             "(LLaMA-style models have none); use a BERT-family encoder."
         )
     return model, path
+
+
+def _check_has_bias(config: object, path: str) -> None:
+    """Raise NoBiasError for a bias-free architecture, built weightless on the meta device."""
+    from transformers import AutoModel
+
+    try:
+        with torch.device("meta"):
+            shell = AutoModel.from_config(config)
+    except Exception:  # unknown to this transformers: the unsupported error says enough
+        return
+    if not any(is_bias(n) for n, _ in shell.named_parameters()):
+        raise NoBiasError(
+            f"{path!r} ({config.model_type}) has no bias terms, so BitFit has nothing to train "
+            "(LLaMA-style models have none); use a BERT-family encoder."
+        )
 
 
 def check_supported(model: nn.Module) -> str:
