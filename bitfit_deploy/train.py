@@ -130,6 +130,8 @@ class TrainResult:
     train_runtime: float
     train_samples_per_second: float
     delta: TaskDelta | None = None
+    model: TaskModel | None = field(default=None, repr=False)
+    """The trained task model (best epoch restored), in eval mode."""
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -213,6 +215,7 @@ def train(config: TrainConfig) -> TrainResult:
         runtime,
         samples_per_s,
         delta,
+        model,
     )
 
 
@@ -356,6 +359,7 @@ def _trainer(
     workdir: str,
 ) -> Any:
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
 
     class KeepBest(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
@@ -392,7 +396,7 @@ def _trainer(
         logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
         return compute_metrics(np.asarray(logits), np.asarray(pred.label_ids), problem_type)
 
-    return Trainer(
+    trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -401,6 +405,9 @@ def _trainer(
         compute_metrics=metrics_fn,
         callbacks=[KeepBest()],
     )
+    if not config.progress:
+        trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def _summary(metrics: dict[str, float]) -> str:

@@ -1,0 +1,175 @@
+"""Data loading: formats, header-less files, pairs, problem types, presets and every bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bitfit_deploy.data import Columns, load_task_data, read_table
+from bitfit_deploy.errors import DataError
+from bitfit_deploy.presets import PRESETS, get_preset
+
+SHARED = Path("/work/shared/data")
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_tsv_reads_bare_quotes_with_quoting_off(tmp_path):
+    path = write(
+        tmp_path / "t.tsv", 'sentence\tlabel\nhe said "hi\t1\nno "quote" here\t0\nplain\t1\n'
+    )
+    data = load_task_data(path)
+    assert data.train.texts == ['he said "hi', 'no "quote" here', "plain"]
+    assert data.train.labels == [1, 0, 1]
+    assert data.labels == ["0", "1"]
+    assert data.columns == {"text": "sentence", "pair": None, "label": "label"}
+
+
+def test_byte_order_mark_is_ignored(tmp_path):
+    path = tmp_path / "bom.tsv"
+    path.write_bytes("\ufeffQuality\t#1 String\t#2 String\n1\ta\tb\n0\tc\td\n".encode())
+    data = load_task_data(path)
+    assert data.columns == {"text": "#1 String", "pair": "#2 String", "label": "Quality"}
+    assert data.train.pairs == ["b", "d"]
+
+
+def test_csv_json_jsonl_parquet_and_datasets_folder(tmp_path):
+    import datasets
+
+    rows = [
+        {"text": "good", "label": "pos"},
+        {"text": "bad", "label": "neg"},
+        {"text": "fine", "label": "pos"},
+    ]
+    write(tmp_path / "d.csv", 'text,label\ngood,pos\n"bad, really",neg\nfine,pos\n')
+    write(tmp_path / "d.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
+    write(tmp_path / "d.json", json.dumps(rows))
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "d.parquet"))
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(rows),
+            "validation": datasets.Dataset.from_list(rows[:2]),
+        }
+    )
+    dd.save_to_disk(str(tmp_path / "folder"))
+    csv = load_task_data(tmp_path / "d.csv")
+    assert csv.train.texts[1] == "bad, really"
+    for name in ("d.jsonl", "d.json", "d.parquet"):
+        data = load_task_data(tmp_path / name)
+        assert data.train.texts == ["good", "bad", "fine"], name
+        assert data.labels == ["neg", "pos"] and data.train.labels == [1, 0, 1]
+    folder = load_task_data(tmp_path / "folder", tmp_path / "folder")
+    assert len(folder.train) == 3 and len(folder.eval) == 2
+
+
+def test_headerless_file_by_column_index(tmp_path):
+    path = write(
+        tmp_path / "cola.tsv", "src\t1\t\tA fine sentence .\nsrc\t0\t*\tSentence bad a .\n"
+    )
+    data = load_task_data(path, columns=Columns(text="3", label=1))
+    assert data.train.texts == ["A fine sentence .", "Sentence bad a ."]
+    assert data.train.labels == [1, 0]
+    rows, found = read_table(path, header=False)
+    assert found == ["0", "1", "2", "3"] and len(rows) == 2
+
+
+def test_sentence_pairs_and_regression(tmp_path):
+    path = write(tmp_path / "sts.tsv", "sentence1\tsentence2\tscore\na\tb\t4.5\nc\td\t0.25\n")
+    data = load_task_data(path, problem_type="regression")
+    assert data.train.pairs == ["b", "d"]
+    assert data.train.labels == [4.5, 0.25]
+    assert data.num_labels == 1
+
+
+def test_multi_label_from_lists_and_comma_strings(tmp_path):
+    write(
+        tmp_path / "m.jsonl",
+        '{"text": "a", "labels": ["x", "y"]}\n{"text": "b", "labels": ["z"]}\n',
+    )
+    write(tmp_path / "m.tsv", "text\tlabels\na\tx,y\nb\tz\n")
+    for name in ("m.jsonl", "m.tsv"):
+        data = load_task_data(tmp_path / name, problem_type="multi_label")
+        assert data.labels == ["x", "y", "z"]
+        assert data.train.labels == [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+
+
+def test_numeric_labels_sort_numerically(tmp_path):
+    path = write(tmp_path / "n.tsv", "text\tlabel\n" + "".join(f"t{i}\t{i}\n" for i in (10, 2, 1)))
+    assert load_task_data(path).labels == ["1", "2", "10"]
+
+
+def test_missing_column_lists_the_columns_found(tmp_path):
+    path = write(tmp_path / "t.tsv", "review\tstars\nok\t1\nbad\t0\n")
+    with pytest.raises(DataError, match=r"columns found are 'review', 'stars'.*--text-column"):
+        load_task_data(path)
+    with pytest.raises(DataError, match=r"no label column 'lable'.*'review', 'stars'"):
+        load_task_data(path, columns=Columns(text="review", label="lable"))
+
+
+def test_mixed_names_and_indexes_refused(tmp_path):
+    path = write(tmp_path / "t.tsv", "a\tb\nx\t1\n")
+    with pytest.raises(DataError, match="not a mix"):
+        load_task_data(path, columns=Columns(text="a", label=1))
+
+
+@pytest.mark.parametrize("content", ["", "sentence\tlabel\n"])
+def test_empty_data(tmp_path, content):
+    path = write(tmp_path / "e.tsv", content)
+    with pytest.raises(DataError, match="empty|no rows"):
+        load_task_data(path)
+
+
+def test_eval_labels_unseen_in_train(tmp_path):
+    train = write(tmp_path / "train.tsv", "text\tlabel\na\tcat\nb\tdog\n")
+    dev = write(tmp_path / "dev.tsv", "text\tlabel\na\tcat\nb\tbird\n")
+    with pytest.raises(DataError, match=r"\['bird'\] that never occur in the training data"):
+        load_task_data(train, dev)
+
+
+def test_other_bad_inputs(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_task_data(tmp_path / "nope.tsv")
+    with pytest.raises(DataError, match="unknown data format"):
+        load_task_data(write(tmp_path / "x.xml", "<a/>"))
+    with pytest.raises(DataError, match="two labels or more"):
+        load_task_data(write(tmp_path / "one.tsv", "text\tlabel\na\t1\nb\t1\n"))
+    with pytest.raises(DataError, match="row 2 has no label"):
+        load_task_data(write(tmp_path / "gap.tsv", "text\tlabel\na\t1\nb\t\n"))
+    with pytest.raises(DataError, match="not a number"):
+        load_task_data(
+            write(tmp_path / "r.tsv", "text\tlabel\na\thigh\n"), problem_type="regression"
+        )
+    with pytest.raises(DataError, match="unknown preset 'glue9'.*sst2"):
+        get_preset("glue9")
+
+
+def test_preset_label_map_and_names(tmp_path):
+    path = write(tmp_path / "sst.tsv", "sentence\tlabel\nnice \t1\nawful \t0\n")
+    p = get_preset("SST-2")
+    data = load_task_data(path, path, p.columns(), p.problem_type, list(p.labels), p.label_map)
+    assert data.labels == ["negative", "positive"] and data.train.labels == [1, 0]
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs /work/shared/data")
+@pytest.mark.parametrize(
+    ("name", "dev_rows"),
+    [("sst2", 872), ("cola", 1043), ("mrpc", 408), ("rte", 277), ("stsb", 1500), ("qnli", 5463)],
+)
+def test_presets_read_the_real_glue_files(name, dev_rows):
+    p = PRESETS[name]
+    dev = SHARED / "glue" / name / "dev.tsv"
+    data = load_task_data(
+        dev, None, p.columns(), p.problem_type, list(p.labels) or None, p.label_map or None
+    )
+    assert len(data.train) == dev_rows
+    assert all(t for t in data.train.texts)
+    assert (data.train.pairs is not None) == (p.pair is not None)
+    if p.problem_type == "regression":
+        assert min(data.train.labels) >= 0.0 and max(data.train.labels) <= 5.0
+    else:
+        assert data.labels == list(p.labels) and set(data.train.labels) == {0, 1}
