@@ -236,6 +236,12 @@ class _Server:
             )
         return self._info(request.path_params["task"])
 
+    def _task_label(self, task: str | None, endpoint: str) -> str:
+        """A metrics label: a loaded task's name, never a name a client made up."""
+        if task is None:
+            return "_mixed" if endpoint == "predict_mixed" else "_none"
+        return task if task in self.runtime.tasks else UNKNOWN_TASK
+
     def _bounded(self, items: list[Any]) -> list[Any]:
         if len(items) > self.limits.max_inputs:
             raise HTTPError(
@@ -330,12 +336,7 @@ class _Server:
                 response = await handler(request)
             except Exception as exc:
                 response = error_response(exc, oip_route)
-                task = request.path_params.get("task")
-                label = (
-                    task
-                    if task in self.runtime.tasks
-                    else ("_mixed" if task is None else UNKNOWN_TASK)
-                )
+                label = self._task_label(request.path_params.get("task"), endpoint)
                 self.metrics.errors.labels(label, str(response.status_code)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
             return response
