@@ -517,3 +517,20 @@ def test_serve_refuses_a_missing_bundle(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "does not exist" in result.output
     result = CliRunner().invoke(cli, ["serve", "--bundle", str(tmp_path)])
     assert result.exit_code == 1 and "BundleError" in result.output
+
+
+def test_a_server_that_is_not_running_its_batcher_answers_503(runtime: Runtime) -> None:
+    app = create_app(runtime)  # no lifespan run: the batcher never started (as after shutdown)
+
+    async def fire() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return (
+                await client.post("/v1/tasks/sent/predict", json={"inputs": ["x"]}),
+                await client.get("/v2/health/ready"),
+                await client.get("/v2/health/live"),
+            )
+
+    predict, ready, live = asyncio.run(fire())
+    assert_error(predict, 503, "shutting_down")
+    assert ready.status_code == 503 and live.status_code == 200
