@@ -1,0 +1,181 @@
+"""The `train`, `inspect` and `merge` commands, in-process through click's runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bitfit_deploy.cli import cli
+from bitfit_deploy.delta import load_delta
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data"
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--task",
+        "toy",
+        "--train",
+        str(data),
+        "--output",
+        str(out),
+        "--model",
+        str(model),
+        "--pooling",
+        "mean",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "16",
+        "--max-length",
+        "16",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("name", ["train", "inspect", "merge"])
+def test_help(name):
+    result = run(name, "--help")
+    assert result.exit_code == 0
+    expected = {
+        "train": [
+            "--task",
+            "--train",
+            "--eval",
+            "--output",
+            "--model",
+            "--method",
+            "--biases",
+            "--epochs",
+            "--max-steps",
+            "--lr",
+            "--batch-size",
+            "--max-length",
+            "--seed",
+            "--text-column",
+            "--text-pair-column",
+            "--label-column",
+            "--problem-type",
+            "--preset",
+            "--pooling",
+            "--force",
+            "--early-stopping",
+        ],
+        "inspect": ["PATH", "--json"],
+        "merge": ["--delta", "--output", "--model", "--force"],
+    }[name]
+    for option in expected:
+        assert option in result.output, option
+
+
+def test_train_inspect_merge(tiny_bert, toy_tsv, tmp_path):
+    data, out = toy_tsv(48), tmp_path / "toy.safetensors"
+    result = run(
+        *train_args(
+            tiny_bert,
+            data,
+            out,
+            "--eval",
+            str(toy_tsv(16, seed=1, name="dev.tsv")),
+            "--biases",
+            "paper",
+            "--lr",
+            "0.01",
+            "--seed",
+            "3",
+        )
+    )
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.output and "parameters trained; eval loss" in result.output
+    delta = load_delta(out)
+    assert delta.metadata.bias_selection == "paper" and delta.metadata.training["seed"] == 3
+
+    shown = run("inspect", str(out))
+    assert shown.exit_code == 0
+    for text in (
+        "task            toy",
+        "bias selection  paper",
+        "pooling         mean",
+        "labels          0, 1",
+        delta.metadata.base_fingerprint[:19],
+        "eval metrics    loss",
+    ):
+        assert text in shown.output, text
+    info = json.loads(run("inspect", "--json", str(out)).output)
+    assert info["task"] == "toy" and info["tensors"]["biases"] == len(delta.biases)
+
+    merged = run(
+        "merge",
+        "--delta",
+        str(out),
+        "--output",
+        str(tmp_path / "merged"),
+        "--model",
+        str(tiny_bert),
+    )
+    assert merged.exit_code == 0 and "head.safetensors" in merged.output
+    assert "task            toy" in run("inspect", str(tmp_path / "merged")).output
+
+
+def test_errors_are_clean_messages(tiny_bert, toy_tsv, tmp_path):
+    data, out = toy_tsv(16), tmp_path / "toy.safetensors"
+    out.write_bytes(b"old")
+    refused = run(*train_args(tiny_bert, data, out))
+    assert (
+        refused.exit_code == 1
+        and "OutputExistsError" in refused.output
+        and "--force" in refused.output
+    )
+    assert out.read_bytes() == b"old"
+    assert run(*train_args(tiny_bert, data, out, "--force")).exit_code == 0
+    assert load_delta(out).metadata.task == "toy"
+
+    missing = run(
+        *train_args(tiny_bert, data, tmp_path / "x.safetensors", "--label-column", "stars")
+    )
+    assert missing.exit_code == 1
+    assert "DataError" in missing.output and "'sentence', 'label'" in missing.output
+    preset = run(*train_args(tiny_bert, data, tmp_path / "y.safetensors", "--preset", "imdb"))
+    assert preset.exit_code == 1 and "unknown preset 'imdb'" in preset.output
+    assert "Traceback" not in missing.output + preset.output
+
+
+@pytest.mark.slow
+def test_packaged_minilm_on_real_sst2(tmp_path):
+    from bitfit_deploy.modeling import base_fingerprint, load_encoder
+
+    out = tmp_path / "sst2.safetensors"
+    result = run(
+        "train",
+        "--task",
+        "sst2",
+        "--preset",
+        "sst2",
+        "--train",
+        str(EXAMPLES / "sst2" / "train.tsv"),
+        "--eval",
+        str(EXAMPLES / "sst2" / "dev.tsv"),
+        "--output",
+        str(out),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--max-length",
+        "32",
+    )
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size < 300_000
+    meta = load_delta(out).metadata
+    assert meta.labels == ["negative", "positive"] and meta.pooling == "mean"
+    assert meta.architecture == "bert" and meta.training["train_rows"] == 2000
+    assert 0.0 <= meta.metrics["accuracy"] <= 1.0
+    assert meta.base_fingerprint == base_fingerprint(load_encoder()[0])
