@@ -534,3 +534,12 @@ def test_a_server_that_is_not_running_its_batcher_answers_503(runtime: Runtime) 
     predict, ready, live = asyncio.run(fire())
     assert_error(predict, 503, "shutting_down")
     assert ready.status_code == 503 and live.status_code == 200
+
+
+def test_the_server_imports_neither_torch_nor_transformers() -> None:
+    code = (
+        "import sys, bitfit_deploy.runtime.server, bitfit_deploy.commands.serve\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
