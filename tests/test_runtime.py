@@ -180,3 +180,37 @@ def test_cuda_equals_cpu(bundle, deltas, runtime):
         gpu.predict("again", SENTENCES[:2])[0].label
         == runtime.predict("four", SENTENCES[:2])[0].label
     )
+
+
+def test_int8_variant_is_close_to_fp32(tiny_bert, deltas, tmp_path):
+    from bitfit_deploy.exporters.bundle import export_bundle
+
+    export_bundle(tmp_path / "b", model=str(tiny_bert), quantize="int8")
+    fp32, int8 = (Runtime(tmp_path / "b", variant=v, threads=1) for v in ("fp32", "int8"))
+    for rt in (fp32, int8):
+        rt.load_task(deltas["four"])
+    a, b = fp32.predict("four", SENTENCES), int8.predict("four", SENTENCES)
+    got = np.array([list(p.scores.values()) for p in b])
+    want = np.array([list(p.scores.values()) for p in a])
+    np.testing.assert_allclose(got, want, atol=0.05)
+    assert not np.array_equal(got, want)  # really the quantized graph
+
+
+@pytest.mark.slow
+def test_packaged_minilm_equals_pytorch_reference(tmp_path):
+    from runtime_fixtures import synthetic_delta
+
+    from bitfit_deploy.delta import save_delta
+    from bitfit_deploy.exporters.bundle import export_bundle
+    from bitfit_deploy.modeling import default_model_path
+
+    manifest = export_bundle(tmp_path / "b")
+    path = save_delta(synthetic_delta(manifest, "mini", seed=4), tmp_path / "mini.safetensors")
+    rt = Runtime(tmp_path / "b", threads=2)
+    rt.load_task(path)
+    items = [*SENTENCES, *PAIRS]
+    got = observed_scores(rt.predict("mini", items), "single_label")
+    want = expected_scores(
+        reference_logits(default_model_path(), path, items, manifest.max_length), "single_label"
+    )
+    np.testing.assert_allclose(got, want, atol=2e-5)
