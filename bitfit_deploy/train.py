@@ -19,6 +19,7 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,8 +135,11 @@ class TrainResult:
     """The trained task model (best epoch restored), in eval mode."""
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Train one task and write its delta (or full model folder); see the module docstring."""
+def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Train one task and write its delta (or full model folder); see the module docstring.
+
+    `callbacks` are extra transformers `TrainerCallback`s (timing, logging) added to the Trainer.
+    """
     _check_config(config)
     check_output(config.output, config.force, "output")
     data, metric = _load_data(config)
@@ -158,10 +162,19 @@ def train(config: TrainConfig) -> TrainResult:
     keeper = _BestKeeper(model, metric, config.early_stopping)
     with tempfile.TemporaryDirectory(prefix="bitfit-trainer-") as workdir:
         trainer = _trainer(
-            config, model, tokenizer, train_set, eval_set, data.problem_type, keeper, workdir
+            config,
+            model,
+            tokenizer,
+            train_set,
+            eval_set,
+            data.problem_type,
+            keeper,
+            workdir,
+            callbacks,
         )
         start = time.perf_counter()
         output = trainer.train()
+        is_main = trainer.is_world_process_zero()
         runtime = time.perf_counter() - start
         if eval_set is not None and keeper.last_step != trainer.state.global_step:
             keeper.record(trainer.evaluate(), trainer.state.epoch)
@@ -200,8 +213,9 @@ def train(config: TrainConfig) -> TrainResult:
         delta = TaskDelta(
             meta, {n: tensors[n] for n in names}, tensors[HEAD_WEIGHT], tensors[HEAD_BIAS]
         )
-        save_delta(delta, config.output, force=config.force)
-    else:
+        if is_main:  # in a multi-GPU run only the main process writes
+            save_delta(delta, config.output, force=config.force)
+    elif is_main:
         write_model_folder(model, tokenizer, meta, config.output, force=config.force)
     log.info("wrote %s (%s)", config.output, _summary(result_metrics))
     return TrainResult(
@@ -259,9 +273,14 @@ def _load_data(config: TrainConfig) -> tuple[TaskData, str]:
 
 
 def _freeze(model: TaskModel, trainable_biases: set[str] | None) -> int:
-    """Freeze all encoder weights except `trainable_biases` (None: train everything); return the count."""
+    """Freeze all encoder weights except `trainable_biases` (None: train everything); return the count.
+
+    An unused pooler stays frozen in full training too: it gets no gradient, which DDP rejects.
+    """
+    unused = "pooler." if model.pooling != "pooler" else None
     for name, param in model.encoder.named_parameters():
-        param.requires_grad_(trainable_biases is None or name in trainable_biases)
+        wanted = name in trainable_biases if trainable_biases is not None else True
+        param.requires_grad_(wanted and not (unused and name.startswith(unused)))
     for param in model.head.parameters():
         param.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -357,6 +376,7 @@ def _trainer(
     problem_type: str,
     keeper: _BestKeeper,
     workdir: str,
+    callbacks: Sequence[Any] = (),
 ) -> Any:
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
@@ -403,7 +423,7 @@ def _trainer(
         eval_dataset=eval_set,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=metrics_fn,
-        callbacks=[KeepBest()],
+        callbacks=[KeepBest(), *callbacks],
     )
     if not config.progress:
         trainer.remove_callback(PrinterCallback)
