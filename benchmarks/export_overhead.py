@@ -171,6 +171,16 @@ def plot(path: Path, times: dict[str, list[float]], acc: dict[str, float], title
     fig.savefig(path, dpi=100)
 
 
+def _vnni() -> str:
+    """Whether the CPU has int8 dot-product instructions (without them int8 GEMM gains little)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    found = sorted({f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags})
+    return ", ".join(found) if found else "none"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Fewer repetitions and training rows.")
@@ -179,6 +189,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--train-rows", type=int, default=3000, help="SST-2 train rows to train on."
+    )
+    parser.add_argument(
+        "--save-delta", type=Path, help="Keep the trained delta here (reuse it with --delta)."
     )
     parser.add_argument("--reps", type=int, default=60, help="Timed repetitions per variant.")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads.")
@@ -221,6 +234,9 @@ def main() -> None:
         diff = np.abs(
             sess["per-row fp32"].run(None, per_row)[0] - sess["baked fp32"].run(None, text)[0]
         ).max()
+        sizes = {
+            k: (bundle / manifest.variants[k]).stat().st_size / 2**20 for k in ("fp32", "int8")
+        }
         times = latency(sess, text, per_row, args.reps)
         acc = accuracy(sess, tokenizer, manifest, base, delta, dev)
 
@@ -246,6 +262,10 @@ def main() -> None:
         f"SST-2 dev accuracy ({len(dev)} rows of {dev_path}): fp32 {100 * acc['per-row fp32']:.2f}%  "
         f"int8 {100 * acc['per-row int8']:.2f}%  drop {drop:+.2f} points (goal: <= 1)  "
         f"{'OK' if drop <= 1 else 'MISSED'};  fp32/int8 agree on {100 * acc['agreement']:.1f}% of rows"
+    )
+    print(
+        f"graph size: fp32 {sizes['fp32']:.1f} MiB, int8 {sizes['int8']:.1f} MiB; CPU int8 dot-product "
+        f"instructions (VNNI): {_vnni()}"
     )
     plot(args.plot, times, acc, f"export overhead, MiniLM-L6, {args.threads} threads")
     print(f"plot: {args.plot}")
