@@ -72,6 +72,7 @@ def export_bundle(
         check_delta_fits(delta, fp, pooling, bias_dims, hidden, source=repr(str(path)))
     _check_unique_names(deltas)
     baked = _baked_deltas(deltas, bake)
+    max_length = _max_length(encoder, model_path, max_length)  # fail before the slow part
 
     with atomic_dir(output, force=force) as tmp:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a bundle is an ordinary folder
@@ -102,7 +103,7 @@ def export_bundle(
             base_fingerprint=fp,
             architecture=architecture,
             pooling=pooling,
-            max_length=_max_length(encoder, model_path, max_length),
+            max_length=max_length,
             hidden_size=hidden,
             text_inputs=text_inputs,
             bias_inputs=[BiasInput(n, bias_dims[n]) for n in bias_names],

@@ -14,6 +14,7 @@ from bitfit_deploy.errors import (
     DeltaFormatError,
     ExportOptionError,
     FingerprintMismatchError,
+    IncompatibleTaskError,
     NoBiasError,
     OutputExistsError,
     UnsupportedArchitectureError,
@@ -198,6 +199,10 @@ def test_bad_options(tiny_models, deltas, tmp_path):
         export_bundle(
             tmp_path / "b", model=str(tiny_models("bert")), tasks=[deltas[1][0][0]], bake=["nope"]
         )
+    with pytest.raises(
+        IncompatibleTaskError, match="--max-length 100000 must be between 1 and 128"
+    ):
+        export_bundle(tmp_path / "c", model=str(tiny_models("bert")), max_length=100_000)
     assert not list(tmp_path.iterdir())
 
 
