@@ -161,37 +161,47 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch = await self._collect()
+            batch: list[_Request] = []
+            try:
+                taken = await self._collect(batch)
+            except asyncio.CancelledError:
+                _fail_closed(batch)
+                raise
+            self._set_queued(
+                self._queued_rows - taken
+            )  # rows leave the queue when their run starts
             if batch:
                 await self._run(batch)
 
-    async def _collect(self) -> list[_Request]:
-        """Take requests until the batch is full, the next one does not fit, or the delay ends."""
+    async def _collect(self, batch: list[_Request]) -> int:
+        """Fill `batch` until it is full, the next request does not fit, or the delay ends.
+
+        Returns the rows taken off the queue (cancelled requests included).
+        """
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_delay
-        batch: list[_Request] = []
-        rows = 0
+        rows = taken = 0
         while True:
             while self._queue and (
                 not batch or rows + len(self._queue[0].rows) <= self.max_batch_size
             ):
                 request = self._queue.popleft()
-                self._set_queued(self._queued_rows - len(request.rows))
+                taken += len(request.rows)
                 if request.future.done():  # the caller gave up (cancelled) while queued
                     continue
                 batch.append(request)
                 rows += len(request.rows)
             if rows >= self.max_batch_size or self._queue or self._closed:
-                return batch
+                return taken
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return batch
+                return taken
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except asyncio.TimeoutError:
-                return batch
+                return taken
 
     async def _run(self, batch: list[_Request]) -> None:
         """Run one batch; on failure, run its requests one by one so only the culprit fails."""
@@ -201,10 +211,7 @@ class Batcher:
         try:
             outputs = await loop.run_in_executor(self._executor, self._run_checked, rows)
         except asyncio.CancelledError:
-            for request in batch:
-                _settle(
-                    request.future, exc=BatcherClosedError("the server stopped before answering.")
-                )
+            _fail_closed(batch)
             raise
         except Exception as exc:
             if len(batch) == 1:
@@ -247,3 +254,8 @@ def _settle(
         future.set_exception(exc)
     else:
         future.set_result(result if result is not None else [])
+
+
+def _fail_closed(batch: list[_Request]) -> None:
+    for request in batch:
+        _settle(request.future, exc=BatcherClosedError("the server stopped before answering."))

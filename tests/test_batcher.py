@@ -217,3 +217,25 @@ def test_bad_settings_are_refused() -> None:
         Batcher(lambda rows: rows, max_batch_size=0)
     with pytest.raises(ValueError, match="max_delay_ms"):
         Batcher(lambda rows: rows, max_delay_ms=-1)
+
+
+def test_rows_count_as_queued_until_their_run_starts() -> None:
+    fake = FakeRuntime()
+    depths: list[int] = []
+
+    async def main() -> None:
+        batcher = Batcher(
+            fake.predict_mixed, max_batch_size=64, max_delay_ms=300, on_queue=depths.append
+        )
+        await batcher.start()
+        pending = [
+            asyncio.ensure_future(batcher.submit([("a", "x"), ("b", "y")])) for _ in range(3)
+        ]
+        await asyncio.sleep(0.1)
+        assert batcher.queued_rows == 6 and not fake.runs  # collecting, not yet run
+        await asyncio.gather(*pending)
+        assert batcher.queued_rows == 0
+        await batcher.stop()
+
+    run(main())
+    assert depths[-1] == 0 and max(depths) == 6

@@ -442,6 +442,10 @@ def test_admin_loads_replaces_and_unloads_tasks_and_a_rejected_file_changes_noth
 # ------------------------------------------------------------------ shutdown
 
 
+async def queued_rows(client: httpx.AsyncClient) -> float:
+    return metric((await client.get("/metrics")).text, "bitfit_queue_depth")
+
+
 def test_sigterm_answers_requests_in_flight_then_exits(bundle: dict[str, Any]) -> None:
     sock = free_socket()
     port = sock.getsockname()[1]
@@ -458,7 +462,7 @@ def test_sigterm_answers_requests_in_flight_then_exits(bundle: dict[str, Any]) -
             "--port",
             str(port),
             "--max-delay-ms",
-            "1500",
+            "3000",
             "--max-batch-size",
             "64",
             "--threads",
@@ -484,11 +488,16 @@ def test_sigterm_answers_requests_in_flight_then_exits(bundle: dict[str, Any]) -
         async def fire() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=base, timeout=30) as client:
                 sends = [
-                    client.post(f"/v1/tasks/{t}/predict", json={"inputs": TEXTS[:2]}) for t in TASKS
-                ] * 2
+                    client.post(f"/v1/tasks/{t}/predict", json={"inputs": TEXTS[:2]})
+                    for t in list(TASKS) * 2
+                ]
 
                 async def terminate() -> None:
-                    await asyncio.sleep(0.5)  # the requests now wait in the batcher (1.5 s delay)
+                    # SIGTERM once all 16 rows wait in the batcher (its 3 s delay has not passed)
+                    give_up = time.monotonic() + 20
+                    while await queued_rows(client) < 16:
+                        assert time.monotonic() < give_up, "the requests never queued up"
+                        await asyncio.sleep(0.05)
                     proc.send_signal(signal.SIGTERM)
 
                 results = await asyncio.gather(*sends, terminate())
