@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short phases, fewer repetitions")
     parser.add_argument(
-        "--duration", type=float, default=None, help="seconds per phase [8; quick 3]"
+        "--duration", type=float, default=None, help="seconds per phase [8; quick 5]"
     )
     parser.add_argument(
         "--reps", type=int, default=None, help="interleaved repetitions [4; quick 2]"
