@@ -95,7 +95,9 @@ class Snapshot:
     def get(self, name: str) -> LoadedTask:
         """The task `name`, or TaskNotFoundError listing the loaded ones."""
         try:
-            return self.tasks[name]
+            if isinstance(name, str):
+                return self.tasks[name]
+            raise KeyError(name)
         except KeyError:
             loaded = ", ".join(sorted(self.tasks)) or "none"
             raise TaskNotFoundError(

@@ -58,6 +58,8 @@ def test_unknown_task_lists_loaded_ones(runtime):
         runtime.validate_input("gamma", "hi")
     with pytest.raises(TaskNotFoundError, match="not loaded"):
         runtime.unload_task("gamma")
+    with pytest.raises(TaskNotFoundError, match="loaded: alpha, beta"):
+        runtime.predict_mixed([(["not", "a", "name"], "hi")])
 
 
 @pytest.mark.parametrize("inputs", [[], ()])
