@@ -1,11 +1,13 @@
 """`--quantize int8`: ONNX Runtime dynamic int8 quantization of the frozen weights only.
 
-Only MatMuls whose weight is an initializer (the frozen projections) are quantized: the
-per-row bias Adds, the attention products between activations and the head MatMul (whose
-weight is a per-row input) stay float32, so every task keeps its exact biases and head.
-Weights get one scale per output channel: with one scale per tensor, the FFN output
-projections of all-MiniLM-L6-v2 (a few outlier columns) cost up to 7% cosine similarity of
-the pooled embedding on SST-2 sentences; per channel, under 2%.
+Quantized: the MatMuls whose weight is an initializer (the frozen projections) and the
+embedding-table Gathers. Everything fed per row stays float32: the bias Adds, the attention
+products between activations and the head MatMul (its weight is an input), so every task
+keeps its exact biases and head. Weights get one scale per output channel: with one scale per
+tensor, the FFN output projections of all-MiniLM-L6-v2 (a few outlier columns) cost up to 7%
+cosine similarity of the pooled embedding on SST-2 sentences; per channel, under 2%.
+Quantizing the embedding tables too shrinks the MiniLM int8 graph from 56 to 22 MiB at no
+measurable cost in that similarity.
 """
 
 from __future__ import annotations
@@ -19,22 +21,27 @@ from bitfit_deploy.errors import ExportError
 QUANTIZATIONS = ("int8",)
 
 
-def frozen_weight_matmuls(model_path: str | os.PathLike[str]) -> list[str]:
-    """Names of the MatMul nodes whose second operand is an initializer (a frozen weight)."""
+def frozen_weight_nodes(model_path: str | os.PathLike[str]) -> list[str]:
+    """Names of the MatMuls with an initializer weight and the Gathers from an initializer table."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     initializers = {t.name for t in graph.initializer}
-    return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in initializers]
+    return [
+        n.name
+        for n in graph.node
+        if (n.op_type == "MatMul" and n.input[1] in initializers)
+        or (n.op_type == "Gather" and n.input[0] in initializers)
+    ]
 
 
 def quantize_int8(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
-    """Write `target`: `source` with its frozen MatMul weights dynamically quantized to int8."""
+    """Write `target`: `source` with its frozen weights dynamically quantized to int8."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    nodes = frozen_weight_matmuls(source)
+    nodes = frozen_weight_nodes(source)
     if not nodes:
-        raise ExportError(f"{source} has no MatMul with a frozen weight to quantize.")
+        raise ExportError(f"{source} has no frozen MatMul or embedding weights to quantize.")
     # The quantizer logs a pre-processing hint at WARNING for every model; it does not apply here.
     logger = logging.getLogger()
     level = logger.level
@@ -43,7 +50,7 @@ def quantize_int8(source: str | os.PathLike[str], target: str | os.PathLike[str]
         quantize_dynamic(
             Path(source),
             Path(target),
-            op_types_to_quantize=["MatMul"],
+            op_types_to_quantize=["MatMul", "Gather"],
             nodes_to_quantize=nodes,
             per_channel=True,
             weight_type=QuantType.QInt8,
