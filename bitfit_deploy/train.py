@@ -217,7 +217,7 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
             save_delta(delta, config.output, force=config.force)
     elif is_main:
         write_model_folder(model, tokenizer, meta, config.output, force=config.force)
-    log.info("wrote %s (%s)", config.output, _summary(result_metrics))
+    log.debug("wrote %s (%s)", config.output, _summary(result_metrics))
     return TrainResult(
         Path(config.output),
         config.method,
