@@ -15,7 +15,10 @@ import urllib.request
 REQUESTS = [
     {"task": "sentiment", "input": "a gorgeous, witty, seductive movie ."},
     {"task": "question-type", "input": "How far is it from Denver to Aspen ?"},
-    {"task": "sentiment", "input": "the plot is nothing but boilerplate clichés from start to finish ."},
+    {
+        "task": "sentiment",
+        "input": "the plot is nothing but boilerplate clichés from start to finish .",
+    },
     {"task": "question-type", "input": "Who wrote the novel Moby Dick ?"},
     {"task": "question-type", "input": "Where is the Eiffel Tower ?"},
 ]
@@ -48,7 +51,7 @@ def main() -> None:
     with urllib.request.urlopen(request, timeout=60) as resp:
         answer = json.load(resp)
     print(f"POST /v1/predict with {len(REQUESTS)} rows for 2 tasks, answered in one mixed batch:")
-    for req, pred in zip(REQUESTS, answer["predictions"]):
+    for req, pred in zip(REQUESTS, answer["predictions"], strict=True):
         print(f"  [{req['task']:>13}] {pred['label']:<8} {pred['score']:.2f}  {req['input']}")
 
 

@@ -8,25 +8,85 @@ import click
 
 
 @click.command()
-@click.option("--onnx", "onnx_format", is_flag=True, required=True, help="Export an ONNX bundle (the one format for now).")
-@click.option("--model", type=click.Path(file_okay=False), default=None, help="Local Hugging Face encoder folder [default: packaged all-MiniLM-L6-v2].")
-@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
-@click.option("--task", "tasks", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Delta file to ship in the bundle (repeatable).")
-@click.option("--pooling", type=click.Choice(["auto", "mean", "cls", "pooler"]), default="auto", show_default=True, help="Pooling of the graph; auto follows the tasks, else the base.")
-@click.option("--max-length", type=int, default=None, help="Tokens per input before truncation [default: the base's].")
+@click.option(
+    "--onnx",
+    "onnx_format",
+    is_flag=True,
+    required=True,
+    help="Export an ONNX bundle (the one format for now).",
+)
+@click.option(
+    "--model",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Local Hugging Face encoder folder [default: packaged all-MiniLM-L6-v2].",
+)
+@click.option(
+    "--output", "-o", type=click.Path(path_type=Path), required=True, help="Bundle folder to write."
+)
+@click.option(
+    "--task",
+    "tasks",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Delta file to ship in the bundle (repeatable).",
+)
+@click.option(
+    "--pooling",
+    type=click.Choice(["auto", "mean", "cls", "pooler"]),
+    default="auto",
+    show_default=True,
+    help="Pooling of the graph; auto follows the tasks, else the base.",
+)
+@click.option(
+    "--max-length",
+    type=int,
+    default=None,
+    help="Tokens per input before truncation [default: the base's].",
+)
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write model.int8.onnx (ONNX Runtime dynamic int8 of the frozen weights).")
-@click.option("--bake", "bake", multiple=True, metavar="TASK", help="Also write baked/TASK.onnx, a plain single-task graph, for a task given by --task (repeatable).")
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8"]),
+    default=None,
+    help="Also write model.int8.onnx (ONNX Runtime dynamic int8 of the frozen weights).",
+)
+@click.option(
+    "--bake",
+    "bake",
+    multiple=True,
+    metavar="TASK",
+    help="Also write baked/TASK.onnx, a plain single-task graph, for a task given by --task (repeatable).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
-def command(onnx_format: bool, model: str | None, output: Path, tasks: tuple[str, ...], pooling: str,
-            max_length: int | None, opset: int, quantize: str | None, bake: tuple[str, ...],
-            force: bool) -> None:
+def command(
+    onnx_format: bool,
+    model: str | None,
+    output: Path,
+    tasks: tuple[str, ...],
+    pooling: str,
+    max_length: int | None,
+    opset: int,
+    quantize: str | None,
+    bake: tuple[str, ...],
+    force: bool,
+) -> None:
     """Write ONE ONNX graph in which every bias and the task head are per-row inputs."""
     from bitfit_deploy.exporters.bundle import export_bundle
 
-    manifest = export_bundle(output, model=model, tasks=list(tasks), pooling=pooling,
-                             max_length=max_length, opset=opset, force=force, quantize=quantize,
-                             bake=list(bake))
+    manifest = export_bundle(
+        output,
+        model=model,
+        tasks=list(tasks),
+        pooling=pooling,
+        max_length=max_length,
+        opset=opset,
+        force=force,
+        quantize=quantize,
+        bake=list(bake),
+    )
     baked = f", baked {', '.join(manifest.baked)}" if manifest.baked else ""
-    click.echo(f"wrote {output}: {len(manifest.bias_inputs)} bias inputs, pooling {manifest.pooling}, "
-               f"{len(manifest.tasks)} task(s), variants {', '.join(manifest.variants)}{baked}")
+    click.echo(
+        f"wrote {output}: {len(manifest.bias_inputs)} bias inputs, pooling {manifest.pooling}, "
+        f"{len(manifest.tasks)} task(s), variants {', '.join(manifest.variants)}{baked}"
+    )
