@@ -12,6 +12,13 @@ from pathlib import Path
 from bitfit_deploy.errors import OutputExistsError
 
 
+def _umask_mode(base: int) -> int:
+    """`base` filtered by the process umask: the mode a plain open()/mkdir() would give."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
 def check_output(path: str | os.PathLike[str], force: bool, what: str = "output") -> Path:
     """Refuse an existing output unless `force`; return the path."""
     path = Path(path)
@@ -33,6 +40,7 @@ def atomic_file(path: str | os.PathLike[str], force: bool = False) -> Iterator[P
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        tmp_path.chmod(_umask_mode(0o666))  # mkstemp makes 0600; others (a server) must read it
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -46,6 +54,7 @@ def atomic_dir(path: str | os.PathLike[str], force: bool = False) -> Iterator[Pa
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        tmp.chmod(_umask_mode(0o777))  # mkdtemp makes 0700
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)

@@ -75,7 +75,6 @@ def export_bundle(
     max_length = _max_length(encoder, model_path, max_length)  # fail before the slow part
 
     with atomic_dir(output, force=force) as tmp:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a bundle is an ordinary folder
         text_inputs = export_per_row_graph(
             encoder, pooling, bias_names, tmp / VARIANT_FILES["fp32"], opset
         )
@@ -168,12 +167,6 @@ def _baked_deltas(deltas: list[tuple[Path, TaskDelta]], bake: list[str]) -> list
             f"({', '.join(by_name) or 'none given'})."
         )
     return [by_name[name] for name in dict.fromkeys(bake)]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _save_tokenizer(model_path: str, bundle: Path) -> int:

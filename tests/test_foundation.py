@@ -113,3 +113,20 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
         (tmp / "b").write_text("2")
     assert sorted(p.name for p in out.iterdir()) == ["b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    """mkstemp/mkdtemp make private files; outputs must be readable as a plain write would be."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "f.bin") as tmp:
+            tmp.write_bytes(b"x")
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "a").write_text("1")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.bin").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
