@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path("/work/shared/data/glue/sst2")
+SHARED = ROOT.parent / "shared/data/glue/sst2"
 SAMPLE = ROOT / "examples/data/sst2"
 
 

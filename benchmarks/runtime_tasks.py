@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = [
-    Path("/work/shared/data/glue/sst2/dev.tsv"),
+    ROOT.parent / "shared/data/glue/sst2/dev.tsv",
     ROOT / "examples/data/sst2/dev.tsv",
     ROOT / "examples/data/sst2/train.tsv",
 ]

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RAMP = 0.25
 """Share of each served phase before requests count (the queue fills up)."""
 _KEYS = ("rps", "p50_ms", "p99_ms", "batch", "rows_per_cpu_s")
-SST2 = [Path("/work/shared/data/glue/sst2/dev.tsv"), ROOT / "examples/data/sst2/dev.tsv"]
+SST2 = [ROOT.parent / "shared/data/glue/sst2/dev.tsv", ROOT / "examples/data/sst2/dev.tsv"]
 
 
 def load_texts(limit: int = 872) -> list[str]:

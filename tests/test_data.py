@@ -11,7 +11,7 @@ from bitfit_deploy.data import Columns, load_task_data, read_table
 from bitfit_deploy.errors import DataError
 from bitfit_deploy.presets import PRESETS, get_preset
 
-SHARED = Path("/work/shared/data")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the repo
 
 
 def write(path: Path, text: str) -> Path:
@@ -155,7 +155,7 @@ def test_preset_label_map_and_names(tmp_path):
     assert data.labels == ["negative", "positive"] and data.train.labels == [1, 0]
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="needs /work/shared/data")
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data beside the repo")
 @pytest.mark.parametrize(
     ("name", "dev_rows"),
     [("sst2", 872), ("cola", 1043), ("mrpc", 408), ("rte", 277), ("stsb", 1500), ("qnli", 5463)],
