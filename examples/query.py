@@ -52,7 +52,7 @@ def main() -> None:
         answer = json.load(resp)
     print(f"POST /v1/predict with {len(REQUESTS)} rows for 2 tasks, answered in one mixed batch:")
     for req, pred in zip(REQUESTS, answer["predictions"], strict=True):
-        print(f"  [{req['task']:>13}] {pred['label']:<8} {pred['score']:.2f}  {req['input']}")
+        print(f"  [{req['task']:>13}] {pred['label']:<9} {pred['score']:.2f}  {req['input']}")
 
 
 if __name__ == "__main__":

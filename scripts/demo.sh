@@ -15,7 +15,7 @@ bd=.venv/bin/bitfit-deploy
 mkdir -p "$out"
 
 echo "== 1/4 train: sentiment (SST-2 sample) and question-type (TREC sample), biases + head only"
-$bd train --task sentiment --train examples/data/sst2/train.tsv --eval examples/data/sst2/dev.tsv \
+$bd train --task sentiment --preset sst2 --train examples/data/sst2/train.tsv --eval examples/data/sst2/dev.tsv \
   --epochs "$epochs" --output "$out/sentiment.safetensors" --force
 $bd train --task question-type --train examples/data/trec/train.tsv --eval examples/data/trec/test.tsv \
   --text-column text --label-column label --epochs "$epochs" --output "$out/question-type.safetensors" --force
@@ -35,4 +35,4 @@ echo "== 4/4 query: one request mixing both tasks"
 kill -TERM "$server"
 wait "$server" || true
 trap - EXIT
-echo "done: deltas, bundle and logs in $out"
+echo "done: the deltas and the bundle are in $out"
