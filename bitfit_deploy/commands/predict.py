@@ -7,14 +7,11 @@ from pathlib import Path
 
 import click
 
+from bitfit_deploy.commands._options import runtime_options
+
 
 @click.command()
-@click.option(
-    "--bundle",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    required=True,
-    help="Bundle folder written by `export --onnx`.",
-)
+@runtime_options
 @click.option(
     "--task", required=True, help="Task to predict (shipped in the bundle or loaded with --delta)."
 )
@@ -31,26 +28,6 @@ import click
     type=click.File("r", encoding="utf-8"),
     default=None,
     help="File with one input per line; a tab separates a text pair ('-' for stdin).",
-)
-@click.option(
-    "--variant",
-    type=click.Choice(["fp32", "int8"]),
-    default="fp32",
-    show_default=True,
-    help="Graph variant of the bundle.",
-)
-@click.option(
-    "--provider",
-    type=click.Choice(["cpu", "cuda"]),
-    default="cpu",
-    show_default=True,
-    help="ONNX Runtime execution provider.",
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="ONNX Runtime intra-op threads [default: ORT's choice].",
 )
 @click.argument("texts", nargs=-1)
 def command(

@@ -10,14 +10,11 @@ from typing import Any
 
 import click
 
+from bitfit_deploy.commands._options import runtime_options
+
 
 @click.command()
-@click.option(
-    "--bundle",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    required=True,
-    help="Bundle folder written by `export --onnx`.",
-)
+@runtime_options
 @click.option(
     "--task",
     "tasks",
@@ -38,26 +35,6 @@ import click
     default=8000,
     show_default=True,
     help="Port to listen on.",
-)
-@click.option(
-    "--provider",
-    type=click.Choice(["cpu", "cuda"]),
-    default="cpu",
-    show_default=True,
-    help="ONNX Runtime execution provider.",
-)
-@click.option(
-    "--variant",
-    type=click.Choice(["fp32", "int8"]),
-    default="fp32",
-    show_default=True,
-    help="Graph variant of the bundle.",
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="ONNX Runtime intra-op threads [default: ORT's choice].",
 )
 @click.option(
     "--max-batch-size",

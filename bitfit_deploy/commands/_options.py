@@ -1,0 +1,50 @@
+"""Options shared by the commands that open a bundle (`predict`, `serve`): defined once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import click
+
+from bitfit_deploy.manifest import VARIANT_FILES
+
+F = TypeVar("F", bound=Callable[..., object])
+
+PROVIDERS = ("cpu", "cuda")
+
+
+def runtime_options(func: F) -> F:
+    """Add --bundle, --variant, --provider and --threads, the arguments of `Runtime(...)`."""
+    options = [
+        click.option(
+            "--bundle",
+            type=click.Path(exists=True, file_okay=False, path_type=Path),
+            required=True,
+            help="Bundle folder written by `export --onnx`.",
+        ),
+        click.option(
+            "--variant",
+            type=click.Choice(list(VARIANT_FILES)),
+            default="fp32",
+            show_default=True,
+            help="Graph variant of the bundle.",
+        ),
+        click.option(
+            "--provider",
+            type=click.Choice(PROVIDERS),
+            default="cpu",
+            show_default=True,
+            help="ONNX Runtime execution provider.",
+        ),
+        click.option(
+            "--threads",
+            type=click.IntRange(min=1),
+            default=None,
+            help="ONNX Runtime intra-op threads [default: ORT's choice].",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
