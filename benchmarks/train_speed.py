@@ -146,7 +146,7 @@ def report(runs: list[dict], args: argparse.Namespace) -> dict[str, dict]:
     verdict = "meets" if ratio >= 1.5 else "misses"
     print(
         f"\nBitFit / full samples/s: {ratio:.2f}x ({verdict} the 1.5x goal); "
-        f"peak RSS {saved:+.0f} MB less for BitFit"
+        f"BitFit peak RSS {saved:.0f} MB below full"
     )
     return summary
 

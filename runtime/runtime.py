@@ -46,6 +46,8 @@ class Runtime:
         max_batch_size: the most rows in one run of the graph.
         load_bundle_tasks: load the deltas shipped in the bundle's tasks/ folder.
         io_binding: gather task rows on the session's device with I/O binding; default on for cuda.
+        spin_wait: let idle ORT threads spin between runs (fastest for back-to-back calls);
+            False suits a process that does other work, like the server.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class Runtime:
         load_bundle_tasks: bool = True,
         *,
         io_binding: bool | None = None,
+        spin_wait: bool = True,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = read_manifest(self.bundle_dir, verify=True)
@@ -76,7 +79,7 @@ class Runtime:
             self.manifest.pad_token_id,
             self.manifest.text_inputs,
         )
-        session = create_session(model_path, provider, threads)
+        session = create_session(model_path, provider, threads, spin_wait)
         bound = provider != "cpu" if io_binding is None else io_binding
         hidden = self.manifest.hidden_size
         self._engine: HostEngine | BoundEngine

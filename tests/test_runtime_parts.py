@@ -61,3 +61,14 @@ def test_make_prediction_by_problem_type():
         "predicted_labels": [],
         "truncated": False,
     }
+
+
+def test_spin_wait_sets_ort_thread_spinning():
+    """The server turns spinning off so idle ORT threads leave the cores to its event loop."""
+    key = "session.intra_op.allow_spinning"
+    data = gather_graph([("a.bias", [3])])
+    quiet = create_session(data, "cpu", threads=2, spin_wait=False).get_session_options()
+    assert quiet.get_session_config_entry(key) == "0"
+    default = create_session(data, "cpu", threads=2).get_session_options()
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        default.get_session_config_entry(key)  # unset: ORT's default, spinning

@@ -103,7 +103,12 @@ def command(
     from bitfit_deploy.runtime.server import Limits, create_app
 
     runtime = Runtime(
-        bundle, provider=provider, threads=threads, variant=variant, max_batch_size=max_batch_size
+        bundle,
+        provider=provider,
+        threads=threads,
+        variant=variant,
+        max_batch_size=max_batch_size,
+        spin_wait=False,  # idle ORT threads sleep: the event loop shares the cores
     )
     extra = list(tasks) + (sorted(tasks_dir.glob("*.safetensors")) if tasks_dir else [])
     for path in extra:
