@@ -1,4 +1,4 @@
-"""Options shared by the commands that open a bundle (`predict`, `serve`): defined once."""
+"""Options shared by several commands, defined once: the base model, pooling, and the bundle/runtime."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import click
 
+from bitfit_deploy.contract import POOLINGS
 from bitfit_deploy.manifest import VARIANT_FILES
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -48,3 +49,14 @@ def runtime_options(func: F) -> F:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+POOLING_CHOICES = ("auto", *POOLINGS)
+
+model_option = click.option(
+    "--model",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Local Hugging Face encoder folder [default: packaged all-MiniLM-L6-v2].",
+)
+"""--model for the commands that load the base encoder (`train`, `export`)."""

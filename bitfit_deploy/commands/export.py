@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from bitfit_deploy.commands._options import POOLING_CHOICES, model_option
+
 
 @click.command()
 @click.option(
@@ -15,12 +17,7 @@ import click
     required=True,
     help="Export an ONNX bundle (the one format for now).",
 )
-@click.option(
-    "--model",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Local Hugging Face encoder folder [default: packaged all-MiniLM-L6-v2].",
-)
+@model_option
 @click.option(
     "--output", "-o", type=click.Path(path_type=Path), required=True, help="Bundle folder to write."
 )
@@ -33,7 +30,7 @@ import click
 )
 @click.option(
     "--pooling",
-    type=click.Choice(["auto", "mean", "cls", "pooler"]),
+    type=click.Choice(POOLING_CHOICES),
     default="auto",
     show_default=True,
     help="Pooling of the graph; auto follows the tasks, else the base.",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from bitfit_deploy.commands._options import POOLING_CHOICES, model_option
 from bitfit_deploy.contract import PROBLEM_TYPES
 
 
@@ -34,12 +35,7 @@ from bitfit_deploy.contract import PROBLEM_TYPES
     type=click.Path(path_type=Path),
     help="Delta file to write (.safetensors); a folder with --method full.",
 )
-@click.option(
-    "--model",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Local Hugging Face encoder folder [default: packaged all-MiniLM-L6-v2].",
-)
+@model_option
 @click.option(
     "--method",
     type=click.Choice(["bitfit", "full"]),
@@ -55,7 +51,7 @@ from bitfit_deploy.contract import PROBLEM_TYPES
 )
 @click.option(
     "--pooling",
-    type=click.Choice(["auto", "mean", "cls", "pooler"]),
+    type=click.Choice(POOLING_CHOICES),
     default="auto",
     show_default=True,
     help="How the head pools the encoder output; auto pools as the base was trained.",
