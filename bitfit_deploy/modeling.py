@@ -7,7 +7,6 @@ the same way.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -271,8 +270,3 @@ def extract_delta_tensors(
     out[HEAD_WEIGHT] = trained.head.weight.detach().float().cpu().numpy()
     out[HEAD_BIAS] = trained.head.bias.detach().float().cpu().numpy()
     return out
-
-
-def model_dir_size(path: str | os.PathLike[str]) -> int:
-    """Bytes of weights in a model folder (for reports)."""
-    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))

@@ -29,7 +29,13 @@ from bitfit_deploy.manifest import (
     Manifest,
     sha256_file,
 )
-from bitfit_deploy.modeling import base_fingerprint, check_supported, load_encoder, resolve_pooling
+from bitfit_deploy.modeling import (
+    base_fingerprint,
+    check_supported,
+    encoder_inputs,
+    load_encoder,
+    resolve_pooling,
+)
 
 DEFAULT_MAX_LENGTH = 256
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -75,10 +81,7 @@ def export_bundle(
     max_length = _max_length(encoder, model_path, max_length)  # fail before the slow part
 
     with atomic_dir(output, force=force) as tmp:
-        text_inputs = export_per_row_graph(
-            encoder, pooling, bias_names, tmp / VARIANT_FILES["fp32"], opset
-        )
-        text_inputs = [n for n in text_inputs if n not in bias_dims and not n.startswith("head.")]
+        export_per_row_graph(encoder, pooling, bias_names, tmp / VARIANT_FILES["fp32"], opset)
         variants = {"fp32": VARIANT_FILES["fp32"]}
         if quantize == "int8":
             quantize_int8(tmp / VARIANT_FILES["fp32"], tmp / VARIANT_FILES["int8"])
@@ -104,7 +107,7 @@ def export_bundle(
             pooling=pooling,
             max_length=max_length,
             hidden_size=hidden,
-            text_inputs=text_inputs,
+            text_inputs=encoder_inputs(encoder),
             bias_inputs=[BiasInput(n, bias_dims[n]) for n in bias_names],
             variants=variants,
             base_model=str(model_path),

@@ -36,10 +36,6 @@ class BiasLayout:
             total += b.dim
         return cls(tuple(b.name for b in inputs), tuple(offsets), tuple(b.dim for b in inputs))
 
-    @property
-    def width(self) -> int:
-        return (self.offsets[-1] + self.dims[-1]) if self.names else 0
-
     def flatten(self, vectors: Mapping[str, np.ndarray]) -> np.ndarray:
         """One float32 row holding every bias input's vector, in layout order."""
         return np.concatenate([np.asarray(vectors[n], dtype=np.float32) for n in self.names])
