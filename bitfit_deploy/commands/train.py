@@ -38,10 +38,11 @@ from bitfit_deploy.contract import PROBLEM_TYPES
 @model_option
 @click.option(
     "--method",
-    type=click.Choice(["bitfit", "full"]),
+    type=click.Choice(["bitfit", "full", "head"]),
     default="bitfit",
     show_default=True,
-    help="bitfit trains biases + head; full trains everything (baseline).",
+    help="bitfit trains biases + head; full trains everything (baseline); head trains the head "
+    "alone on the frozen encoder (a linear probe; a delta with no biases).",
 )
 @click.option(
     "--biases",
@@ -56,7 +57,12 @@ from bitfit_deploy.contract import PROBLEM_TYPES
     show_default=True,
     help="How the head pools the encoder output; auto pools as the base was trained.",
 )
-@click.option("--epochs", type=float, default=2.0, show_default=True, help="Training epochs.")
+@click.option(
+    "--epochs",
+    type=float,
+    default=None,
+    help="Training epochs [default: 2; 10 with --method head].",
+)
 @click.option(
     "--max-steps",
     type=int,
@@ -112,7 +118,7 @@ def command(
     method: str,
     biases: str,
     pooling: str,
-    epochs: float,
+    epochs: float | None,
     max_steps: int | None,
     lr: float | None,
     batch_size: int,
