@@ -46,29 +46,33 @@ def matthews(pred: np.ndarray, gold: np.ndarray) -> float:
 
 
 def pearson(pred: np.ndarray, gold: np.ndarray) -> float:
-    """Pearson correlation; 0 when either side is constant."""
-    from scipy.stats import pearsonr
-
+    """Pearson correlation; 0 when either side is constant. numpy only (the runtime's eval uses it)."""
     pred, gold = (
         np.asarray(pred, dtype=np.float64).ravel(),
         np.asarray(gold, dtype=np.float64).ravel(),
     )
     if len(pred) < 2 or np.ptp(pred) == 0 or np.ptp(gold) == 0:
         return 0.0
-    return float(pearsonr(pred, gold).statistic)
+    a, b = pred - pred.mean(), gold - gold.mean()
+    return float(np.clip((a @ b) / np.sqrt((a @ a) * (b @ b)), -1.0, 1.0))
 
 
 def spearman(pred: np.ndarray, gold: np.ndarray) -> float:
-    """Spearman rank correlation; 0 when either side is constant."""
-    from scipy.stats import spearmanr
-
+    """Spearman rank correlation (ties get their average rank); 0 when either side is constant."""
     pred, gold = (
         np.asarray(pred, dtype=np.float64).ravel(),
         np.asarray(gold, dtype=np.float64).ravel(),
     )
     if len(pred) < 2 or np.ptp(pred) == 0 or np.ptp(gold) == 0:
         return 0.0
-    return float(spearmanr(pred, gold).statistic)
+    return pearson(_ranks(pred), _ranks(gold))
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties averaged (as scipy.stats.rankdata's default)."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return ((ends - counts + 1 + ends) / 2.0)[inverse]
 
 
 def compute_metrics(logits: np.ndarray, labels: np.ndarray, problem_type: str) -> dict[str, float]:
