@@ -27,6 +27,10 @@ POOLINGS = ("mean", "cls", "pooler")
 
 PROBLEM_TYPES = ("single_label", "multi_label", "regression")
 
+TASK_INPUTS = ("single", "pair", "unknown")
+"""What one input of a task is: one text, a (text, text_pair) pair, or "unknown" (either is
+accepted: a delta written before the arity was recorded, whose training columns do not tell)."""
+
 POOLER_PREFIX = "pooler."
 
 

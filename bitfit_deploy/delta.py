@@ -22,7 +22,14 @@ from safetensors.numpy import load, save
 
 from bitfit_deploy import __version__
 from bitfit_deploy._io import atomic_file
-from bitfit_deploy.contract import HEAD_BIAS, HEAD_KEYS, HEAD_WEIGHT, POOLINGS, PROBLEM_TYPES
+from bitfit_deploy.contract import (
+    HEAD_BIAS,
+    HEAD_KEYS,
+    HEAD_WEIGHT,
+    POOLINGS,
+    PROBLEM_TYPES,
+    TASK_INPUTS,
+)
 from bitfit_deploy.errors import DeltaFormatError
 
 FORMAT_NAME = "bitfit-delta"
@@ -45,6 +52,10 @@ class DeltaMetadata:
     architecture: str = ""
     bias_selection: str = "all"
     max_length: int = 128
+    """Tokens per input at training (special tokens included); the runtime cuts each row there."""
+    inputs: str = "unknown"
+    """One of `contract.TASK_INPUTS`: "single" text or "pair"; read from older files' training
+    columns when the key is missing, else "unknown" (the runtime then accepts either)."""
     metrics: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     created: str = ""
@@ -80,6 +91,8 @@ class DeltaMetadata:
                 raise DeltaFormatError(
                     f"{source}: metadata {key!r} is not valid JSON ({exc})."
                 ) from exc
+        if "inputs" not in values:
+            values["inputs"] = _inputs_from_training(values.get("training"))
         missing = [
             k
             for k in ("task", "base_fingerprint", "problem_type", "labels", "pooling")
@@ -101,7 +114,24 @@ class DeltaMetadata:
             raise DeltaFormatError(f"{source}: unknown pooling {meta.pooling!r}.")
         if not isinstance(meta.labels, list) or not all(isinstance(x, str) for x in meta.labels):
             raise DeltaFormatError(f"{source}: metadata 'labels' must be a JSON list of strings.")
+        if meta.inputs not in TASK_INPUTS:
+            raise DeltaFormatError(
+                f"{source}: metadata 'inputs' is {meta.inputs!r}, expected one of {TASK_INPUTS}."
+            )
+        length = meta.max_length
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise DeltaFormatError(
+                f"{source}: metadata 'max_length' is {length!r}, expected a positive integer."
+            )
         return meta
+
+
+def _inputs_from_training(training: Any) -> str:
+    """The arity of a delta written before `inputs` was recorded: its training columns tell."""
+    columns = training.get("columns") if isinstance(training, dict) else None
+    if not isinstance(columns, dict) or "pair" not in columns:
+        return "unknown"
+    return "pair" if columns["pair"] is not None else "single"
 
 
 @dataclass

@@ -58,6 +58,10 @@ class InvalidInputError(BitFitError, ValueError):
     """Inputs to predict are empty, not text, or otherwise malformed."""
 
 
+class MalformedJSONError(BitFitError, ValueError):
+    """A request body is not JSON, or nests deeper than the server reads."""
+
+
 class ProviderUnavailableError(BitFitError, RuntimeError):
     """The requested ONNX Runtime execution provider is not available on this machine."""
 

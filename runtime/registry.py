@@ -58,9 +58,12 @@ class LoadedTask:
 
 
 def prepare_task(
-    delta: TaskDelta, name: str, base_row: np.ndarray, layout: BiasLayout
+    delta: TaskDelta, name: str, base_row: np.ndarray, layout: BiasLayout, max_length: int = 0
 ) -> LoadedTask:
-    """Precompute a task's absolute bias row once, so a run only gathers rows."""
+    """Precompute a task's absolute bias row once, so a run only gathers rows.
+
+    `max_length` is where its inputs are cut (the delta's, capped by the bundle's; 0: the bundle's).
+    """
     row = base_row.copy()
     for bias, sl in layout.slices():
         if bias in delta.biases:
@@ -73,6 +76,8 @@ def prepare_task(
         metrics=dict(meta.metrics),
         pooling=meta.pooling,
         num_labels=delta.num_labels,
+        inputs=meta.inputs,
+        max_length=max_length,
     )
     row.setflags(write=False)
     return LoadedTask(

@@ -18,6 +18,10 @@ class TaskInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     pooling: str = "mean"
     num_labels: int = 1
+    inputs: str = "unknown"
+    """"single" (one text per input), "pair" ((text, text_pair)) or "unknown" (either)."""
+    max_length: int = 0
+    """Tokens each input is cut at: the task's training length capped by the bundle's (0: the bundle's)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -40,7 +44,7 @@ class Prediction:
     predicted_labels: list[str]
     """Multi-label: labels with sigmoid >= 0.5; single-label: [label]; regression: []."""
     truncated: bool
-    """True when the input was cut at the bundle's max length."""
+    """True when the input was cut at its task's max length (see `TaskInfo.max_length`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""

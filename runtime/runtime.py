@@ -6,6 +6,7 @@ so apps can embed it with a small install.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,16 +17,18 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from bitfit_deploy.delta import TaskDelta, check_delta_fits, from_bytes, load_delta
-from bitfit_deploy.errors import BundleError, InvalidInputError
+from bitfit_deploy.errors import BundleError, IncompatibleTaskError, InvalidInputError
 from bitfit_deploy.manifest import BASE_FILE, TOKENIZER_FILE, Manifest, read_manifest
 from bitfit_deploy.runtime.batching import plan_runs
 from bitfit_deploy.runtime.engine import BoundEngine, HostEngine
+from bitfit_deploy.runtime.inputs import check_input, describe
 from bitfit_deploy.runtime.providers import create_session
 from bitfit_deploy.runtime.registry import BiasLayout, Snapshot, TaskRegistry, prepare_task
 from bitfit_deploy.runtime.results import Prediction, TaskInfo, make_prediction
 from bitfit_deploy.runtime.tokenize import BundleTokenizer, TextInput
 
 Request = tuple[str, Any]
+log = logging.getLogger("bitfit_deploy.runtime")
 
 
 class Runtime:
@@ -122,10 +125,13 @@ class Runtime:
         return {name: t.info for name, t in self._registry.snapshot().tasks.items()}
 
     # ------------------------------------------------------------- predicting
-    def validate_input(self, task: str, item: Any) -> None:
-        """Raise TaskNotFoundError or InvalidInputError unless `item` can be predicted for `task`."""
-        self._registry.snapshot().get(task)
-        _check_item(item)
+    def validate_input(self, task: str, item: Any, index: int = 0) -> TextInput:
+        """`item` as it will be read, or TaskNotFoundError / InvalidInputError (naming input `index`).
+
+        Checks what `predict` checks: text only, well-formed Unicode, the task's arity
+        (`TaskInfo.inputs`: one text or a (text, text_pair) pair).
+        """
+        return check_input(item, self._registry.snapshot().get(task).info, index)
 
     def predict(
         self, task: str, inputs: Sequence[str | tuple[str, str] | list[str]]
@@ -134,6 +140,11 @@ class Runtime:
         if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Sequence):
             raise InvalidInputError(
                 "inputs must be a list of texts or (text, text_pair) pairs, not a single value."
+            )
+        if isinstance(inputs, tuple) and inputs and all(isinstance(x, str) for x in inputs):
+            raise InvalidInputError(
+                f"inputs is a tuple of {len(inputs)} texts, which reads as one (text, text_pair) "
+                "pair; pass a list: [text, ...] for texts, [(text, text_pair)] for a pair."
             )
         return self.predict_mixed([(task, item) for item in inputs])
 
@@ -147,14 +158,15 @@ class Runtime:
             )
         snapshot = self._registry.snapshot()
         tasks, items = [], []
-        for request in requests:
+        for index, request in enumerate(requests):
             if not isinstance(request, (tuple, list)) or len(request) != 2:
                 raise InvalidInputError(
-                    f"each request must be a (task, input) pair, got {request!r:.80}."
+                    f"request {index} must be a (task, input) pair, got {describe(request)}."
                 )
-            tasks.append(snapshot.get(request[0]))
-            items.append(_check_item(request[1]))
-        encoded = self._tokenizer.encode(items)
+            task = snapshot.get(request[0])
+            tasks.append(task)
+            items.append(check_input(request[1], task.info, index))
+        encoded = self._tokenizer.encode(items, [t.info.max_length for t in tasks])
         results: list[Prediction | None] = [None] * len(encoded)
         for run in plan_runs([len(e) for e in encoded], self.max_batch_size):
             self._run(snapshot, run, tasks, encoded, results)
@@ -179,8 +191,31 @@ class Runtime:
         name = delta.metadata.task if name is None else name
         if not isinstance(name, str) or not name.strip():
             raise InvalidInputError(f"task name must be a non-empty string, got {name!r}.")
-        self._registry.add(prepare_task(delta, name, self._base_row, self._layout), replace=replace)
+        max_length = self._task_max_length(delta, name, source)
+        task = prepare_task(delta, name, self._base_row, self._layout, max_length)
+        self._registry.add(task, replace=replace)
         return name
+
+    def _task_max_length(self, delta: TaskDelta, name: str, source: str) -> int:
+        """Where the task's inputs are cut: as in training, capped (with a warning) by the bundle."""
+        trained, bundle = delta.metadata.max_length, self.manifest.max_length
+        if trained <= self._tokenizer.pair_specials:
+            raise IncompatibleTaskError(
+                f"{source} (task {name!r}) has max_length {trained}, too short to hold any text "
+                "beside the special tokens; retrain it with a larger --max-length."
+            )
+        if trained > bundle:
+            log.warning(
+                "task %r was trained on inputs of up to %d tokens but this bundle reads at most %d: "
+                "longer inputs are cut at %d, unlike in training, and may score below the task's "
+                "metrics. Export the bundle with --max-length %d (if the model allows it).",
+                name,
+                trained,
+                bundle,
+                bundle,
+                trained,
+            )
+        return min(trained, bundle)
 
     def _variant_path(self, variant: str) -> Path:
         rel = self.manifest.variants.get(variant)
@@ -203,14 +238,3 @@ class Runtime:
                 f"{path} lacks the base biases {missing[:3]}; export the bundle again."
             )
         return self._layout.flatten(base)
-
-
-def _check_item(item: Any) -> TextInput:
-    if isinstance(item, str):
-        return item
-    if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
-        return (item[0], item[1])
-    raise InvalidInputError(
-        f"each input must be a text or a (text, text_pair) pair of texts, got {type(item).__name__} "
-        f"{item!r:.80}."
-    )

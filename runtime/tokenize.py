@@ -1,8 +1,9 @@
-"""Tokenization from the bundle's tokenizer.json: truncation at the max length, padding per batch."""
+"""Tokenization from the bundle's tokenizer.json: truncation per row at its task's max length, padding per batch."""
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,11 +45,31 @@ class BundleTokenizer:
         self.max_length = max_length
         self.pad_id = pad_id
         self.text_inputs = tuple(text_inputs)
+        self.pair_specials = self._tokenizer.num_special_tokens_to_add(True)
+        """Special tokens a pair gets; a max length must exceed it to cut anything."""
+        self._lock = threading.Lock()  # the truncation length is tokenizer state
 
-    def encode(self, items: Sequence[TextInput]) -> list[Encoded]:
-        """Tokenize texts or (text, text_pair) pairs; flag the ones cut at the max length."""
+    def encode(
+        self, items: Sequence[TextInput], max_lengths: Sequence[int] | None = None
+    ) -> list[Encoded]:
+        """Tokenize texts or (text, text_pair) pairs, each cut at its own max length; flag cut ones.
+
+        `max_lengths` holds one length per item (its task's, as training cut it), capped by the
+        bundle's; None (or 0 for an item) means the bundle's.
+        """
         batch = [tuple(x) if not isinstance(x, str) else x for x in items]
-        return [_encoded(e) for e in self._tokenizer.encode_batch(batch)]
+        lengths = max_lengths if max_lengths is not None else [0] * len(batch)
+        groups: dict[int, list[int]] = {}
+        for i, n in enumerate(lengths):
+            groups.setdefault(min(n, self.max_length) if n > 0 else self.max_length, []).append(i)
+        out: list[Encoded | None] = [None] * len(batch)
+        with self._lock:
+            for length, rows in groups.items():
+                self._tokenizer.enable_truncation(max_length=length, strategy="longest_first")
+                encodings = self._tokenizer.encode_batch([batch[i] for i in rows])
+                for i, encoding in zip(rows, encodings, strict=True):
+                    out[i] = _encoded(encoding)
+        return out  # type: ignore[return-value]
 
     def pad(self, rows: Sequence[Encoded]) -> dict[str, np.ndarray]:
         """The graph's text inputs for `rows`, padded to the longest row (int64, `[batch, seq]`)."""

@@ -68,6 +68,7 @@ def test_golden_header():
         "architecture": "",
         "bias_selection": "all",
         "max_length": "128",
+        "inputs": "unknown",
         "metrics": '{"accuracy": 0.5}',
         "training": "{}",
         "created": "2026-01-01T00:00:00+00:00",
@@ -145,6 +146,54 @@ def test_newer_version_refused():
     raw += b" " * (-len(raw) % 8)
     with pytest.raises(DeltaFormatError, match="upgrade bitfit-deploy"):
         from_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n :])
+
+
+def with_metadata(data: bytes, **changes: str | None) -> bytes:
+    """The delta bytes with metadata keys replaced (None removes the key)."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    for key, value in changes.items():
+        if value is None:
+            header["__metadata__"].pop(key)
+        else:
+            header["__metadata__"][key] = value
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw + data[8 + n :]
+
+
+@pytest.mark.parametrize(
+    ("training", "inputs"),
+    [
+        ({"columns": {"text": "premise", "pair": "hypothesis", "label": "label"}}, "pair"),
+        ({"columns": {"text": "sentence", "pair": None, "label": "label"}}, "single"),
+        ({"epochs": 1}, "unknown"),
+        ({}, "unknown"),
+    ],
+)
+def test_an_older_delta_without_inputs_reads_them_from_its_training_columns(training, inputs):
+    data = with_metadata(to_bytes(make_delta()), inputs=None, training=json.dumps(training))
+    assert from_bytes(data).metadata.inputs == inputs
+
+
+def test_a_recorded_arity_survives_the_round_trip():
+    delta = make_delta()
+    delta.metadata.inputs = "pair"
+    assert from_bytes(to_bytes(delta)).metadata.inputs == "pair"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("inputs", "triple", "'inputs' is 'triple'"),
+        ("max_length", "0", "'max_length' is 0"),
+        ("max_length", '"128"', "'max_length' is '128'"),
+        ("max_length", "true", "'max_length' is True"),
+    ],
+)
+def test_a_bad_arity_or_max_length_is_refused(key, value, message):
+    with pytest.raises(DeltaFormatError, match=message):
+        from_bytes(with_metadata(to_bytes(make_delta()), **{key: value}))
 
 
 def test_regression_delta_has_one_output():
