@@ -1,6 +1,10 @@
 """Open Inference Protocol (KServe V2) mapping: each loaded task is a model.
 
-Inputs: `text` (BYTES, one element per row) and optionally `text_pair` (BYTES, same count).
+Inputs: `text` (BYTES, one element per row) and, for a task trained on pairs, `text_pair`
+(BYTES, same count); model metadata lists the inputs the task takes (both when its arity is
+unknown). BYTES elements are read by their `content_type` parameter (per input, else the
+request's), as KServe and MLServer clients send it: "str" (the default: UTF-8 text) or
+"base64" (base64 of UTF-8 text); any other content type is refused, never read as text.
 Outputs of a classification task: `label` (BYTES [n]), `score` (FP32 [n], the top label's
 probability) and `scores` (FP32 [n, num_labels], in the task's label order); of a regression
 task: `value` (FP32 [n]) and `score` (FP32 [n], the same value). Tensors travel as JSON or with
@@ -10,6 +14,8 @@ as `tritonclient.http` send and ask for them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import struct
@@ -19,6 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from bitfit_deploy.errors import InvalidInputError
+from bitfit_deploy.runtime.inputs import describe
+from bitfit_deploy.runtime.json_body import read_json
 from bitfit_deploy.runtime.results import Prediction, TaskInfo
 
 PLATFORM = "bitfit-deploy"
@@ -27,6 +36,8 @@ TEXT = "text"
 TEXT_PAIR = "text_pair"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data"]
+CONTENT_TYPES = ("str", "base64")
+"""How BYTES elements hold text: UTF-8 itself, or base64 of UTF-8."""
 
 
 class OIPRequestError(ValueError):
@@ -66,13 +77,24 @@ def model_metadata(info: TaskInfo) -> dict[str, Any]:
         "name": info.name,
         "versions": [MODEL_VERSION],
         "platform": PLATFORM,
-        "inputs": [_spec(TEXT, "BYTES", [-1]), _spec(TEXT_PAIR, "BYTES", [-1])],
+        "inputs": input_specs(info),
         "outputs": output_specs(info),
     }
 
 
-def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
-    """Parse a JSON (or JSON + binary tensors) inference request into rows."""
+def input_specs(info: TaskInfo) -> list[dict[str, Any]]:
+    """The inputs a task's model takes: `text`, and `text_pair` unless it takes single texts."""
+    names = [TEXT] if info.inputs == "single" else [TEXT, TEXT_PAIR]
+    return [{**_spec(name, "BYTES", [-1]), "parameters": {"content_type": "str"}} for name in names]
+
+
+def parse_infer_request(
+    body: bytes, header_length: str | None, info: TaskInfo | None = None
+) -> InferRequest:
+    """Parse a JSON (or JSON + binary tensors) inference request into rows.
+
+    With `info`, the inputs given must be the ones the task takes (InvalidInputError, 422).
+    """
     try:
         split = len(body) if header_length is None else int(header_length)
     except ValueError:
@@ -81,16 +103,14 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
         ) from None
     if not 0 <= split <= len(body):
         raise OIPRequestError(f"{HEADER_LENGTH} {split} is outside the body of {len(body)} bytes.")
-    try:
-        request = json.loads(body[:split])
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OIPRequestError(f"the inference request is not valid JSON ({exc}).") from None
+    request = read_json(body[:split], "the inference request")
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise OIPRequestError("an inference request is a JSON object with an 'inputs' list.")
+    default_type = _content_type(request.get("parameters"), "str", "the request")
     binary = memoryview(body)[split:]
     columns: dict[str, list[str]] = {}
     for tensor in request["inputs"]:
-        name, values, used = _read_input(tensor, binary)
+        name, values, used = _read_input(tensor, binary, default_type)
         binary = binary[used:]
         if name in columns:
             raise OIPRequestError(f"input {name!r} is given twice.")
@@ -99,6 +119,8 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
         raise OIPRequestError(f"{len(binary)} bytes of binary data belong to no input.")
     if TEXT not in columns:
         raise OIPRequestError(f"the request lacks the BYTES input {TEXT!r} (one text per row).")
+    if info is not None:
+        _check_arity(info, TEXT_PAIR in columns)
     texts = columns[TEXT]
     items: list[str | tuple[str, str]] = list(texts)
     if TEXT_PAIR in columns:
@@ -166,7 +188,34 @@ def _spec(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
     return {"name": name, "datatype": datatype, "shape": shape}
 
 
-def _read_input(tensor: Any, binary: memoryview) -> tuple[str, list[str], int]:
+def _check_arity(info: TaskInfo, pairs: bool) -> None:
+    """Refuse `text_pair` for a single-text task and its absence for a pair task."""
+    if info.inputs == "single" and pairs:
+        raise InvalidInputError(
+            f"model {info.name!r} was trained on single texts and takes only the input {TEXT!r}; "
+            f"drop {TEXT_PAIR!r}."
+        )
+    if info.inputs == "pair" and not pairs:
+        raise InvalidInputError(
+            f"model {info.name!r} was trained on pairs and takes the inputs {TEXT!r} and "
+            f"{TEXT_PAIR!r} (same count); add {TEXT_PAIR!r}."
+        )
+
+
+def _content_type(params: Any, default: str, where: str) -> str:
+    """The `content_type` in a parameters object, or `default`; OIPRequestError unless known."""
+    value = params.get("content_type") if isinstance(params, dict) else None
+    if value is None:
+        return default
+    if value not in CONTENT_TYPES:
+        raise OIPRequestError(
+            f"{where} has content_type {describe(value)}; BYTES text is read as 'str' (UTF-8) "
+            "or 'base64' (base64 of UTF-8): send one of them."
+        )
+    return str(value)
+
+
+def _read_input(tensor: Any, binary: memoryview, default_type: str) -> tuple[str, list[str], int]:
     """One input tensor's name, its texts, and how many binary bytes it used."""
     if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
         raise OIPRequestError(
@@ -180,21 +229,23 @@ def _read_input(tensor: Any, binary: memoryview) -> tuple[str, list[str], int]:
             f"input {name!r} must have datatype BYTES, not {tensor.get('datatype')!r}."
         )
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise OIPRequestError(f"input {name!r} needs a 'shape' list of non-negative integers.")
     count = math.prod(shape)
     params = tensor.get("parameters") or {}
+    content_type = _content_type(params, default_type, f"input {name!r}")
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None:
-        if not isinstance(size, int) or not 0 <= size <= len(binary):
+        if not _is_count(size) or size > len(binary):
             raise OIPRequestError(
-                f"input {name!r}: binary_data_size {size!r} exceeds the binary data."
+                f"input {name!r}: binary_data_size {describe(size)} exceeds the binary data."
             )
-        values = _bytes_elements(bytes(binary[:size]), name)
+        elements: list[str] | list[bytes] = _bytes_elements(bytes(binary[:size]), name)
         used = size
     else:
-        values = _flatten(tensor.get("data"), name)
+        elements = _flatten(tensor.get("data"), name)
         used = 0
+    values = [_text(e, content_type, name, i) for i, e in enumerate(elements)]
     if len(values) != count:
         raise OIPRequestError(
             f"input {name!r} has {len(values)} elements but shape {shape} says {count}."
@@ -222,8 +273,33 @@ def _flatten(data: Any, name: str) -> list[str]:
     return out
 
 
-def _bytes_elements(raw: bytes, name: str) -> list[str]:
-    """Decode the binary BYTES layout: per element a little-endian uint32 length, then the bytes."""
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _text(element: str | bytes, content_type: str, name: str, index: int) -> str:
+    """One BYTES element as text, read by its content type; OIPRequestError if it holds none."""
+    if content_type == "base64":
+        try:
+            element = base64.b64decode(element, validate=True)
+        except (binascii.Error, ValueError):
+            raise OIPRequestError(
+                f"input {name!r}: element {index} is not base64, as its content_type says."
+            ) from None
+    if isinstance(element, str):
+        return element
+    try:
+        return element.decode("utf-8")
+    except UnicodeDecodeError:
+        raise OIPRequestError(
+            f"input {name!r}: element {index} is not UTF-8 text"
+            + (" once base64-decoded" if content_type == "base64" else "")
+            + "; this model reads text only."
+        ) from None
+
+
+def _bytes_elements(raw: bytes, name: str) -> list[bytes]:
+    """Split the binary BYTES layout: per element a little-endian uint32 length, then the bytes."""
     out, offset = [], 0
     while offset < len(raw):
         if offset + 4 > len(raw):
@@ -232,12 +308,7 @@ def _bytes_elements(raw: bytes, name: str) -> list[str]:
         offset += 4
         if offset + n > len(raw):
             raise OIPRequestError(f"input {name!r}: binary BYTES data is truncated.")
-        try:
-            out.append(raw[offset : offset + n].decode("utf-8"))
-        except UnicodeDecodeError:
-            raise OIPRequestError(
-                f"input {name!r}: element {len(out)} is not UTF-8 text."
-            ) from None
+        out.append(raw[offset : offset + n])
         offset += n
     return out
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import logging
 import re
 import time
@@ -34,11 +33,13 @@ from bitfit_deploy.errors import (
     FingerprintMismatchError,
     IncompatibleTaskError,
     InvalidInputError,
+    MalformedJSONError,
     TaskExistsError,
     TaskNotFoundError,
 )
 from bitfit_deploy.runtime import oip
 from bitfit_deploy.runtime.batcher import Batcher, BatcherClosedError
+from bitfit_deploy.runtime.json_body import read_json
 from bitfit_deploy.runtime.metrics import CONTENT_TYPE, UNKNOWN_TASK, ServerMetrics
 from bitfit_deploy.runtime.runtime import Runtime
 
@@ -74,6 +75,7 @@ _STATUSES: list[tuple[type[BaseException], int, str]] = [
     (TaskNotFoundError, 404, "task_not_found"),
     (TaskExistsError, 409, "task_exists"),
     (oip.OIPRequestError, 400, "bad_request"),
+    (MalformedJSONError, 400, "malformed_json"),
     (DeltaFormatError, 422, "invalid_delta"),
     (FingerprintMismatchError, 422, "fingerprint_mismatch"),
     (IncompatibleTaskError, 422, "incompatible_task"),
@@ -211,7 +213,7 @@ class _Server:
     async def v2_infer(self, request: Request) -> Response:
         info = self._v2_info(request)
         body = await self._body(request, self.limits.max_body_bytes)
-        parsed = oip.parse_infer_request(body, request.headers.get(oip.HEADER_LENGTH))
+        parsed = oip.parse_infer_request(body, request.headers.get(oip.HEADER_LENGTH), info)
         rows = self._rows([(info.name, item) for item in self._bounded(parsed.items)])
         self.metrics.requests.labels(info.name, "infer").inc()
         predictions = await self.batcher.submit(rows)
@@ -254,10 +256,8 @@ class _Server:
     def _rows(self, pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
         """Check every (task, input) row before queueing, so a bad row never reaches a batch."""
         rows = []
-        for task, item in pairs:
-            if isinstance(item, list):
-                item = tuple(item)
-            self.runtime.validate_input(task, item)
+        for index, (task, raw) in enumerate(pairs):
+            item = self.runtime.validate_input(task, raw, index)
             texts = (item,) if isinstance(item, str) else item
             longest = max(len(t) for t in texts)
             if longest > self.limits.max_text_chars:
@@ -278,7 +278,7 @@ class _Server:
                 f"Content-Encoding {encoding!r} is not supported; send identity.",
             )
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if declared is not None and declared.isdecimal() and int(declared) > limit:
             raise HTTPError(
                 413, "body_too_large", f"the body of {declared} bytes exceeds the limit of {limit}."
             )
@@ -293,11 +293,7 @@ class _Server:
         return b"".join(chunks)
 
     async def _json(self, request: Request) -> dict[str, Any]:
-        body = await self._body(request, self.limits.max_body_bytes)
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HTTPError(400, "malformed_json", f"the body is not valid JSON ({exc}).") from None
+        data = read_json(await self._body(request, self.limits.max_body_bytes))
         if not isinstance(data, dict):
             raise HTTPError(400, "malformed_json", "the body must be a JSON object.")
         return data
