@@ -109,12 +109,6 @@ class TrainConfig:
     preset: str | None = field(
         default=None, metadata={"help": "GLUE task preset (sst2, cola, ...)."}
     )
-    quoting: str | None = field(
-        default=None, metadata={"help": "TSV/CSV quotes: none, csv or multiline [per format]."}
-    )
-    drop_empty: bool = field(
-        default=False, metadata={"help": "Skip rows with an empty text or label (counted)."}
-    )
     force: bool = field(default=False, metadata={"help": "Overwrite an existing output."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
@@ -155,20 +149,14 @@ class TrainResult:
     """The trained task model (best epoch restored), in eval mode."""
 
 
-def train(
-    config: TrainConfig, callbacks: Sequence[Any] = (), data: TaskData | None = None
-) -> TrainResult:
+def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Train one task and write its delta (or full model folder); see the module docstring.
 
     `callbacks` are extra transformers `TrainerCallback`s (timing, logging) added to the Trainer.
-    `data` is `read_data(config)` when the caller has read it already (to print its summary).
     """
     _check_config(config)
     check_output(config.output, config.force, "output")
-    data = data if data is not None else read_data(config)
-    metric = (
-        get_preset(config.preset).metric if config.preset else DEFAULT_METRIC[data.problem_type]
-    )
+    data, metric = _load_data(config)
     encoder, model_path = load_encoder(config.model)
     fingerprint = base_fingerprint(encoder)
     pooling = resolve_pooling(encoder, model_path, config.pooling)
@@ -281,8 +269,7 @@ def _check_config(config: TrainConfig) -> None:
         raise DataError(f"epochs must be positive, got {config.epochs}.")
 
 
-def read_data(config: TrainConfig) -> TaskData:
-    """Read and check the config's train (and eval) data, with its preset's columns and labels."""
+def _load_data(config: TrainConfig) -> tuple[TaskData, str]:
     columns = Columns(config.text_column, config.text_pair_column, config.label_column)
     if config.preset:
         preset = get_preset(config.preset)
@@ -293,25 +280,18 @@ def read_data(config: TrainConfig) -> TaskData:
             columns.label if columns.label is not None else pc.label,
         )
         problem_type = config.problem_type or preset.problem_type
-        return load_task_data(
+        data = load_task_data(
             config.train,
             config.eval,
             columns,
             problem_type,
             label_names=list(preset.labels) or None,
             label_map=preset.label_map or None,
-            quoting=config.quoting,
-            drop_empty=config.drop_empty,
         )
+        return data, preset.metric
     problem_type = config.problem_type or "single_label"
-    return load_task_data(
-        config.train,
-        config.eval,
-        columns,
-        problem_type,
-        quoting=config.quoting,
-        drop_empty=config.drop_empty,
-    )
+    data = load_task_data(config.train, config.eval, columns, problem_type)
+    return data, DEFAULT_METRIC[problem_type]
 
 
 def _freeze(model: TaskModel, trainable_biases: set[str] | None) -> int:
