@@ -1,0 +1,248 @@
+"""The task store: atomic writes, loading at start, following other writers, unload marks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from runtime_fixtures import SENTENCES, synthetic_delta
+
+from bitfit_deploy.delta import to_bytes
+from bitfit_deploy.errors import DeltaFormatError, FingerprintMismatchError, TaskNotFoundError
+from bitfit_deploy.manifest import read_manifest
+from bitfit_deploy.runtime import Runtime
+from bitfit_deploy.runtime.store import (
+    READY,
+    UNAVAILABLE,
+    MemoryTasks,
+    StoreConflictError,
+    StoreSync,
+    TaskStore,
+    TaskStoreError,
+)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from bitfit_deploy.exporters.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("store") / "bundle"
+    export_bundle(out, model=str(tiny_bert))
+    return out
+
+
+@pytest.fixture(scope="module")
+def deltas(bundle: Path) -> dict[str, bytes]:
+    """Delta file bytes: two versions of 'a', one 'b', and bad files."""
+    m = read_manifest(bundle)
+    good = {
+        "a1": to_bytes(synthetic_delta(m, "whatever", labels=["x", "y"], seed=1)),
+        "a2": to_bytes(synthetic_delta(m, "whatever", labels=["p", "q", "r"], seed=2)),
+        "b": to_bytes(synthetic_delta(m, "b", "regression", [], seed=3)),
+    }
+    foreign = to_bytes(synthetic_delta(m, "f", seed=4, fingerprint="0" * 64))
+    return {**good, "truncated": good["a1"][: len(good["a1"]) // 2], "foreign": foreign}
+
+
+def runtime(bundle: Path) -> Runtime:
+    return Runtime(bundle, threads=1, max_batch_size=8)
+
+
+def answers(rt: Runtime, task: str) -> list[dict[str, Any]]:
+    return [p.to_dict() for p in rt.predict(task, SENTENCES)]
+
+
+def reference(bundle: Path, data: bytes) -> list[dict[str, Any]]:
+    """What a runtime that loaded `data` directly answers."""
+    rt = runtime(bundle)
+    rt.load_task_bytes(data, "t")
+    return [{**p, "task": "t"} for p in answers(rt, "t")]
+
+
+def same(served: list[dict[str, Any]], expected: list[dict[str, Any]]) -> bool:
+    """Equal predictions, up to the task's name and float noise."""
+    if len(served) != len(expected):
+        return False
+    for s, e in zip(served, expected, strict=True):
+        if s["label"] != e["label"] or s["scores"].keys() != e["scores"].keys():
+            return False
+        if not np.allclose(list(s["scores"].values()), list(e["scores"].values()), atol=1e-6):
+            return False
+    return True
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    """Every file in `folder` (temp files too) with its bytes."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_start_loads_every_delta_and_reports_bad_files_by_name(
+    bundle: Path, deltas: dict[str, bytes], tmp_path: Path
+) -> None:
+    (tmp_path / "a.safetensors").write_bytes(deltas["a1"])
+    (tmp_path / "b.safetensors").write_bytes(deltas["b"])
+    (tmp_path / "broken.safetensors").write_bytes(deltas["truncated"])
+    (tmp_path / "foreign.safetensors").write_bytes(deltas["foreign"])
+    (tmp_path / "bad name.safetensors").write_bytes(deltas["a1"])
+    (tmp_path / "notes.txt").write_text("not a task")
+    rt = runtime(bundle)
+    sync = StoreSync(TaskStore(tmp_path), rt)
+
+    problems = sync.sync()
+
+    assert sorted(rt.tasks) == ["a", "b"]
+    assert len(problems) == 3
+    assert any("broken.safetensors" in p and "DeltaFormatError" in p for p in problems)
+    assert any("foreign.safetensors" in p and "FingerprintMismatchError" in p for p in problems)
+    assert any("bad name.safetensors" in p and "rename" in p for p in problems)
+    assert same(answers(rt, "a"), reference(bundle, deltas["a1"]))
+    assert same(answers(rt, "b"), reference(bundle, deltas["b"]))
+    states = {r["name"]: (r["state"], r["reason"]) for r in sync.index()}
+    assert states["a"] == (READY, "") and states["broken"][0] == UNAVAILABLE
+    assert "DeltaFormatError" in states["broken"][1]
+    assert sync.sync() == []  # a bad file is reported once, not on every poll
+
+
+def test_put_writes_the_file_atomically_and_a_failed_upload_leaves_the_folder_unchanged(
+    bundle: Path, deltas: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = runtime(bundle)
+    sync = StoreSync(TaskStore(tmp_path), rt)
+    assert sync.put("a", deltas["a1"]) is False
+    assert listing(tmp_path) == {"a.safetensors": deltas["a1"]}
+    assert same(answers(rt, "a"), reference(bundle, deltas["a1"]))
+
+    for bad, error in [("truncated", DeltaFormatError), ("foreign", FingerprintMismatchError)]:
+        with pytest.raises(error):
+            sync.put("a", deltas[bad])
+        with pytest.raises(error):
+            sync.put("c", deltas[bad])
+        assert listing(tmp_path) == {"a.safetensors": deltas["a1"]}
+        assert sorted(rt.tasks) == ["a"]
+        assert same(answers(rt, "a"), reference(bundle, deltas["a1"]))
+
+    real_replace = os.replace
+
+    def full_disk(src: Any, dst: Any) -> None:
+        if str(dst).endswith(".safetensors"):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(TaskStoreError, match="No space left"):
+        sync.put("a", deltas["a2"])
+    with pytest.raises(TaskStoreError):
+        sync.put("c", deltas["b"])
+    monkeypatch.undo()
+    assert listing(tmp_path) == {"a.safetensors": deltas["a1"]}
+    assert sorted(rt.tasks) == ["a"]  # the failed write was rolled back: old 'a', no 'c'
+    assert same(answers(rt, "a"), reference(bundle, deltas["a1"]))
+
+    assert sync.put("a", deltas["a2"]) is True
+    assert listing(tmp_path) == {"a.safetensors": deltas["a2"]}
+    assert same(answers(rt, "a"), reference(bundle, deltas["a2"]))
+
+
+def test_a_second_replica_follows_every_change_and_keeps_serving_through_a_bad_file(
+    bundle: Path, deltas: dict[str, bytes], tmp_path: Path
+) -> None:
+    one, two = runtime(bundle), runtime(bundle)
+    first, second = StoreSync(TaskStore(tmp_path), one), StoreSync(TaskStore(tmp_path), two)
+    first.put("a", deltas["a1"])
+    first.put("b", deltas["b"])
+    assert second.sync() == []
+    assert sorted(two.tasks) == ["a", "b"] and same(answers(two, "a"), answers(one, "a"))
+
+    first.put("a", deltas["a2"])
+    assert second.sync() == []
+    assert same(answers(two, "a"), reference(bundle, deltas["a2"]))
+
+    path = tmp_path / "a.safetensors"
+    with path.open("wb") as fh:  # another writer, not atomic, caught half-way
+        fh.write(deltas["a1"][:1000])
+    problems = second.sync()
+    assert len(problems) == 1 and "a.safetensors" in problems[0] and "previous" in problems[0]
+    assert same(answers(two, "a"), reference(bundle, deltas["a2"]))
+    row = next(r for r in second.index() if r["name"] == "a")
+    assert row["state"] == READY and "previous version" in row["reason"]
+    with path.open("ab") as fh:
+        fh.write(deltas["a1"][1000:])
+    assert second.sync() == []
+    assert same(answers(two, "a"), reference(bundle, deltas["a1"]))
+
+    first.delete("a")
+    assert not path.exists()
+    second.sync()
+    assert sorted(two.tasks) == ["b"] and [r["name"] for r in second.index()] == ["b"]
+
+
+def test_unload_and_load_hold_on_every_replica_sharing_the_store(
+    bundle: Path, deltas: dict[str, bytes], tmp_path: Path
+) -> None:
+    one, two = runtime(bundle), runtime(bundle)
+    first, second = StoreSync(TaskStore(tmp_path), one), StoreSync(TaskStore(tmp_path), two)
+    first.put("a", deltas["a1"])
+    second.sync()
+
+    first.unload("a")
+    assert (tmp_path / "a.unloaded").exists() and (tmp_path / "a.safetensors").exists()
+    second.sync()
+    assert "a" not in one.tasks and "a" not in two.tasks
+    assert [(r["name"], r["state"]) for r in second.index()] == [("a", UNAVAILABLE)]
+    restarted = runtime(bundle)
+    StoreSync(TaskStore(tmp_path), restarted).sync()
+    assert "a" not in restarted.tasks  # the mark outlives a restart
+
+    second.load("a")
+    assert not (tmp_path / "a.unloaded").exists()
+    first.sync()
+    assert same(answers(one, "a"), reference(bundle, deltas["a1"]))
+    assert same(answers(two, "a"), reference(bundle, deltas["a1"]))
+    with pytest.raises(TaskNotFoundError):
+        first.load("nope")
+    with pytest.raises(TaskNotFoundError):
+        first.unload("nope")
+    with pytest.raises(TaskNotFoundError):
+        first.delete("nope")
+
+
+def test_tasks_from_the_bundle_or_task_files_are_not_the_stores(
+    bundle: Path, deltas: dict[str, bytes], tmp_path: Path
+) -> None:
+    rt = runtime(bundle)
+    rt.load_task_bytes(deltas["b"], "fixed")
+    (tmp_path / "fixed.safetensors").write_bytes(deltas["a1"])
+    sync = StoreSync(TaskStore(tmp_path), rt)
+    problems = sync.sync()
+    assert len(problems) == 1 and "fixed.safetensors" in problems[0]
+    assert same(answers(rt, "fixed"), reference(bundle, deltas["b"]))  # the file did not replace it
+    for call in (lambda: sync.put("fixed", deltas["a1"]), lambda: sync.delete("fixed")):
+        with pytest.raises(StoreConflictError, match="ships with the bundle"):
+            call()
+    sync.load("fixed")  # loaded already: nothing to do
+    with pytest.raises(StoreConflictError):
+        sync.unload("fixed")
+    assert "fixed" in rt.tasks
+    assert next(r for r in sync.index() if r["name"] == "fixed")["state"] == READY
+
+
+def test_memory_tasks_say_they_are_not_durable_and_refuse_repository_calls(
+    bundle: Path, deltas: dict[str, bytes]
+) -> None:
+    rt = runtime(bundle)
+    memory = MemoryTasks(rt)
+    assert memory.put("a", deltas["a1"]) is False and memory.put("a", deltas["a2"]) is True
+    assert memory.describe()["durable"] is False and "--tasks-dir" in memory.describe()["detail"]
+    assert memory.index() == [{"name": "a", "version": "1", "state": READY, "reason": ""}]
+    with pytest.raises(StoreConflictError, match="--tasks-dir"):
+        memory.unload("a")
+    memory.delete("a")
+    assert rt.tasks == {}
+
+
+def test_a_missing_store_folder_is_a_typed_error(tmp_path: Path) -> None:
+    with pytest.raises(TaskStoreError, match="mkdir"):
+        TaskStore(tmp_path / "none")
