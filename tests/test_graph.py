@@ -161,7 +161,7 @@ def test_int8_stays_close_to_fp32(exported, tmp_path):
     quantize_int8(graph, tmp_path / "int8.onnx")
     check_runtime_inputs(tmp_path / "int8.onnx", [*base, HEAD_WEIGHT, HEAD_BIAS])
     model = onnx.load(str(tmp_path / "int8.onnx"))
-    assert any(n.op_type == "MatMulInteger" for n in model.graph.node)
+    assert any(n.op_type == "MatMulIntegerToFloat" for n in model.graph.node)
     inits = {t.name: t.data_type for t in model.graph.initializer}
     tables = [n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits]
     assert len(tables) == 3 and all(
@@ -177,6 +177,28 @@ def test_int8_stays_close_to_fp32(exported, tmp_path):
         feeds = graph_feeds(text, base, [delta] * len(TEXTS))
         want, got = run(fp32, feeds), run(int8, feeds)
         assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
+
+
+def test_int8_row_answers_ignore_batch_mates(exported, tmp_path):
+    """Per-token activation scales: a row scores the same alone, padded, or beside huge rows.
+
+    ORT's dynamic quantization (one scale per tensor) moved a row by ~10% of the logit scale
+    here when a batch-mate's activations were 50x larger; per token it must not move at all.
+    """
+    encoder, model_dir, graph, base, deltas = exported("bert")
+    quantize_int8(graph, tmp_path / "int8.onnx")
+    int8 = session(tmp_path / "int8.onnx")
+    text = tokenize(model_dir, TEXTS, encoder_inputs(encoder))
+    loud = deltas[1][1]
+    loud_biases = {k: v * 50 for k, v in loud.biases.items()}
+    loud = type(loud)(loud.metadata, loud_biases, loud.head_weight, loud.head_bias)
+    rows = [deltas[0][1], loud] * (len(TEXTS) // 2) + [deltas[0][1]] * (len(TEXTS) % 2)
+    batch = run(int8, graph_feeds(text, base, rows))
+    for i in range(len(TEXTS)):
+        alone = tokenize(model_dir, [TEXTS[i]], encoder_inputs(encoder))  # no padding at all
+        want = run(int8, graph_feeds(alone, base, [rows[i]]))[0]
+        width = rows[i].num_labels
+        assert np.abs(batch[i, :width] - want[:width]).max() < 1e-5, i
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert"])
