@@ -321,9 +321,11 @@ def int8_job(task: str, method: str, args: argparse.Namespace) -> dict[str, Any]
 def run(args: argparse.Namespace) -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    jobs = [("train", t, m) for t in args.tasks for m in args.methods]
-    if "int8" in args.variants:
-        jobs += [("int8", t, m) for t in args.tasks for m in args.methods if m != "full"]
+    jobs = []
+    for t in args.tasks:  # a task's rows complete before the next task starts
+        jobs += [("train", t, m) for m in args.methods]
+        if "int8" in args.variants:
+            jobs += [("int8", t, m) for m in args.methods if m in args.int8_methods]
     command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
     for i, (kind, task, method) in enumerate(jobs, 1):
         path = args.results / (
@@ -487,6 +489,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated, in run order")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--variants", default="fp32,int8", help="fp32 always; int8 adds int8 re-scoring")
+    p.add_argument("--int8-methods", default="bitfit", help="methods re-scored on the int8 graph")
     p.add_argument(
         "--train-rows",
         type=int,
@@ -530,6 +533,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown tasks {unknown}; known: {', '.join(TASKS)}")
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.variants = [v.strip() for v in args.variants.split(",")]
+    args.int8_methods = [m.strip() for m in args.int8_methods.split(",")]
     args.train_rows = args.train_rows or None
     return args
 

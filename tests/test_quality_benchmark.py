@@ -41,7 +41,9 @@ def test_grid_caches_resumes_and_reports(quality, tiny_bert, tmp_path, capsys):
     common += ["--results", str(tmp_path / "res"), "--work", str(tmp_path / "work")]
     common += ["--plot", str(tmp_path / "q.png"), "--max-length", "16", "--batch-size", "16"]
     args = [*common, "--train-rows", "48", "--epochs", "1", "--head-epochs", "2"]
-    quality.main([*args, "--methods", "bitfit,head"])  # partial: no full run yet
+    quality.main(
+        [*args, "--methods", "bitfit,head", "--int8-methods", "bitfit,head"]
+    )  # no full yet
     out = capsys.readouterr().out
     assert "not run yet" not in out and "| trec (accuracy, 48 / 24) |" in out
     assert (tmp_path / "q.png").stat().st_size > 0
