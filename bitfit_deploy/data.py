@@ -1,24 +1,37 @@
 """Training data: read a table (TSV/CSV/JSON/JSONL/Parquet/`datasets` folder) and turn it into a task.
 
-TSV and CSV are read with quoting off (many corpora hold bare `"` characters) and a UTF-8
-byte-order mark is ignored. A file without a header is read when its columns are given by
-0-based index (`--text-column 3 --label-column 1`). Labels become ids in a fixed order that is
-stored with the task, so that predictions map back to names.
+Every row taken is what the file says; anything else is an error naming the file, the line and
+what to do, or (with `drop_empty`) a counted drop that the split's `ReadReport` records. Reading
+and its checks live in `data_tables` (TSV is read with quoting off, CSV with quotes that may not
+run over lines unless `quoting="multiline"`), labels in `data_labels` (numeric spellings of one
+number are one label; regression targets must be finite). A file without a header is read when
+its columns are given by 0-based index (`--text-column 3 --label-column 1`). Labels become ids in
+a fixed order that is stored with the task, so that predictions map back to names.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import math
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bitfit_deploy.contract import PROBLEM_TYPES
+from bitfit_deploy.data_labels import LabelReader, order_labels, targets
+from bitfit_deploy.data_tables import EVAL_SPLITS, QUOTING, Table, listing, read_file
 from bitfit_deploy.errors import DataError
+
+__all__ = [
+    "EVAL_SPLITS",
+    "QUOTING",
+    "Columns",
+    "ReadReport",
+    "Split",
+    "TaskData",
+    "load_task_data",
+    "read_table",
+]
 
 TEXT_CANDIDATES = ("text", "sentence", "sentence1", "question", "#1 String", "premise")
 PAIR_CANDIDATES = {
@@ -28,7 +41,6 @@ PAIR_CANDIDATES = {
     "premise": "hypothesis",
 }
 LABEL_CANDIDATES = ("label", "labels", "score", "Quality", "target")
-EVAL_SPLITS = ("validation", "dev", "test")
 
 Column = str | int | None
 
@@ -54,6 +66,28 @@ class Columns:
 
 
 @dataclass
+class ReadReport:
+    """What reading one file found: rows, lines, and what was skipped, dropped or merged."""
+
+    source: str
+    rows_read: int
+    line_count: int | None = None
+    """Lines in the file (text formats only)."""
+    header_lines: int = 0
+    blank_lines: int = 0
+    multiline_rows: int = 0
+    dropped: dict[str, list[str]] = field(default_factory=dict)
+    """Why -> where (e.g. "an empty text in column 'text'" -> ["line 4", ...])."""
+    notes: list[str] = field(default_factory=list)
+    """Things read in a way the user may not expect (labels written in several spellings)."""
+
+    @property
+    def rows_used(self) -> int:
+        """Rows kept for training or evaluation."""
+        return self.rows_read - sum(len(w) for w in self.dropped.values())
+
+
+@dataclass
 class Split:
     """One split as model inputs: texts, optional second texts, and encoded labels."""
 
@@ -61,6 +95,8 @@ class Split:
     pairs: list[str] | None
     labels: list[Any]
     """int ids (single_label), multi-hot float lists (multi_label) or floats (regression)."""
+    report: ReadReport | None = None
+    """What was read from the file (None for a split built in code)."""
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -82,102 +118,11 @@ class TaskData:
 
 
 def read_table(
-    path: str | Path, header: bool = True, split: str = "train"
+    path: str | Path, header: bool = True, split: str = "train", quoting: str | None = None
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Read a table into rows (dicts) and its column names; header-less columns are named "0", "1", ..."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"data file {str(path)!r} does not exist; check the path.")
-    with _quiet_datasets(), tempfile.TemporaryDirectory(prefix="bitfit-data-") as cache:
-        dataset = _load(path, header, split, cache)
-        columns = list(dataset.column_names)
-        rows = dataset.to_list()
-    if not header:
-        columns = [str(c) for c in columns]
-    return rows, columns
-
-
-def _load(path: Path, header: bool, split: str, cache: str) -> Any:
-    import datasets
-
-    if path.is_dir():
-        try:
-            loaded = datasets.load_from_disk(str(path))
-        except (FileNotFoundError, ValueError) as exc:
-            raise DataError(
-                f"{str(path)!r} is a folder but not one written by datasets' save_to_disk ({exc}); "
-                "pass a TSV, CSV, JSON, JSONL or Parquet file instead."
-            ) from exc
-        if isinstance(loaded, datasets.DatasetDict):
-            names = [split] if split == "train" else [s for s in EVAL_SPLITS if s in loaded]
-            chosen = next((s for s in names if s in loaded), None)
-            if chosen is None:
-                raise DataError(
-                    f"{str(path)!r} holds the splits {sorted(loaded)}; no {split!r} split among them. "
-                    "Pass the split's own folder instead."
-                )
-            return loaded[chosen]
-        return loaded
-    suffixes = [s.lower() for s in path.suffixes]
-    ext = next((s for s in reversed(suffixes) if s not in (".gz", ".bz2", ".xz", ".zst")), "")
-    kwargs: dict[str, Any] = {"data_files": str(path), "split": "train", "cache_dir": cache}
-    try:
-        if ext in (".tsv", ".csv", ".txt"):
-            delimiter = "," if ext == ".csv" else "\t"
-            names = _csv_columns(path, delimiter, header)
-            features = datasets.Features({n: datasets.Value("string") for n in names})
-            return datasets.load_dataset(
-                "csv",
-                delimiter=delimiter,
-                quoting=csv.QUOTE_NONE if ext != ".csv" else csv.QUOTE_MINIMAL,
-                encoding="utf-8-sig",
-                header=0 if header else None,
-                column_names=names,
-                features=features,
-                na_filter=False,
-                **kwargs,
-            )
-        if ext in (".json", ".jsonl"):
-            return datasets.load_dataset("json", **kwargs)
-        if ext == ".parquet":
-            return datasets.load_dataset("parquet", **kwargs)
-    except DataError:
-        raise
-    except Exception as exc:  # the parsers raise many types; name the file and the cause
-        raise DataError(f"cannot read {str(path)!r} as {ext or 'a table'}: {exc}") from exc
-    raise DataError(
-        f"{str(path)!r}: unknown data format {ext or '(no extension)'!r}; use .tsv, .csv, .json, "
-        ".jsonl, .parquet or a folder written by datasets' save_to_disk."
-    )
-
-
-def _csv_columns(path: Path, delimiter: str, header: bool) -> list[str]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        first = f.readline().rstrip("\r\n")
-    if not first:
-        raise DataError(f"{str(path)!r} is empty; it needs at least one row of data.")
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    cells = next(csv.reader([first], delimiter=delimiter, quoting=quoting))
-    if header:
-        return cells
-    return [str(i) for i in range(len(cells))]
-
-
-@contextlib.contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    import datasets
-    from datasets.utils import logging as ds_logging
-
-    was_disabled = datasets.are_progress_bars_disabled()
-    level = ds_logging.get_verbosity()
-    datasets.disable_progress_bars()
-    ds_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        ds_logging.set_verbosity(level)
-        if not was_disabled:
-            datasets.enable_progress_bars()
+    table = read_file(path, header=header, split=split, quoting=quoting)
+    return table.rows, table.columns
 
 
 def load_task_data(
@@ -187,6 +132,9 @@ def load_task_data(
     problem_type: str = "single_label",
     label_names: Sequence[str] | None = None,
     label_map: dict[str, str] | None = None,
+    *,
+    quoting: str | None = None,
+    drop_empty: bool = False,
 ) -> TaskData:
     """Read train (and eval) data and encode it for `problem_type`.
 
@@ -194,6 +142,9 @@ def load_task_data(
         columns: text / pair / label columns; unset ones are guessed from common names.
         label_names: the label order to use (else sorted, numerically where labels are numbers).
         label_map: raw label value -> label name (e.g. {"0": "negative"}) applied before encoding.
+        quoting: how TSV/CSV read `"`: none, csv or multiline [default: none for TSV, csv for CSV].
+        drop_empty: skip rows whose text, second text or label is empty (counted in the report)
+            instead of stopping with an error that lists them.
     """
     if problem_type not in PROBLEM_TYPES:
         raise DataError(
@@ -201,31 +152,41 @@ def load_task_data(
         )
     columns = columns or Columns()
     header = not columns.by_index()
-    rows, found = read_table(train, header=header, split="train")
-    resolved = _resolve_columns(columns, found, str(train))
-    raw_train = _extract(rows, resolved, str(train))
+    table = read_file(train, header=header, split="train", quoting=quoting)
+    resolved = _resolve_columns(columns, table.columns, table.source)
+    raw_train = _extract(table, resolved, drop_empty)
     raw_eval = None
     if eval is not None:
-        eval_rows, eval_found = read_table(eval, header=header, split="eval")
-        _resolve_columns(Columns(*resolved.values()), eval_found, str(eval))
-        raw_eval = _extract(eval_rows, resolved, str(eval))
-    labels, encode = _label_encoder(raw_train[2], problem_type, label_names, label_map, str(train))
-    train_split = Split(
-        raw_train[0], raw_train[1], [encode(v, str(train), i) for i, v in enumerate(raw_train[2])]
-    )
-    eval_split = None
-    if raw_eval is not None:
-        _check_seen(raw_eval[2], labels, problem_type, label_map, str(eval), str(train))
-        eval_split = Split(
-            raw_eval[0], raw_eval[1], [encode(v, str(eval), i) for i, v in enumerate(raw_eval[2])]
-        )
-    return TaskData(
-        train_split,
-        eval_split,
-        labels,
-        problem_type,
-        {"text": resolved["text"], "pair": resolved["pair"], "label": resolved["label"]},
-    )
+        eval_table = read_file(eval, header=header, split="eval", quoting=quoting)
+        _resolve_columns(Columns(*resolved.values()), eval_table.columns, eval_table.source)
+        raw_eval = _extract(eval_table, resolved, drop_empty)
+    if problem_type == "regression":
+        labels = ["score"]
+        train_split = raw_train.split(targets(raw_train.labels, raw_train.where, raw_train.source))
+        eval_split = None
+        if raw_eval is not None:
+            eval_split = raw_eval.split(targets(raw_eval.labels, raw_eval.where, raw_eval.source))
+    else:
+        keys = raw_train.label_keys(problem_type, label_map, label_names)
+        labels = order_labels({k for row in keys for k in row}, label_names, raw_train.source)
+        if problem_type == "single_label" and len(labels) < 2:
+            raise DataError(
+                f"{raw_train.source}: every row has the label {labels}; a classifier needs two "
+                "labels or more."
+            )
+        train_split = raw_train.split(_encode(keys, labels, problem_type))
+        eval_split = None
+        if raw_eval is not None:
+            eval_keys = raw_eval.label_keys(problem_type, label_map, label_names)
+            unseen = sorted({k for row in eval_keys for k in row} - set(labels))
+            if unseen:
+                raise DataError(
+                    f"{raw_eval.source} has labels {unseen} that never occur in the training data "
+                    f"{raw_train.source} (training labels: {labels}); fix the labels or add "
+                    "training rows for them."
+                )
+            eval_split = raw_eval.split(_encode(eval_keys, labels, problem_type))
+    return TaskData(train_split, eval_split, labels, problem_type, resolved)
 
 
 def _as_index(column: Column) -> int | None:
@@ -267,125 +228,120 @@ def _resolve_columns(columns: Columns, found: list[str], source: str) -> dict[st
     return {"text": text, "pair": pair, "label": label}
 
 
-def _extract(
-    rows: list[dict[str, Any]], cols: dict[str, str | None], source: str
-) -> tuple[list[str], list[str] | None, list[Any]]:
-    if not rows:
+@dataclass
+class _Raw:
+    """One file's rows after column extraction and before label encoding."""
+
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list[Any]
+    places: list[str]
+    report: ReadReport
+
+    @property
+    def source(self) -> str:
+        return self.report.source
+
+    def where(self, i: int) -> str:
+        return self.places[i]
+
+    def label_keys(
+        self, problem_type: str, label_map: dict[str, str] | None, names: Sequence[str] | None
+    ) -> list[list[str]]:
+        """Each row's label names; labels merged from several spellings become report notes."""
+        reader = LabelReader(problem_type, label_map, names)
+        keys = reader.keys(self.labels, self.where, self.source)
+        self.report.notes.extend(reader.merged())
+        return keys
+
+    def split(self, encoded: list[Any]) -> Split:
+        return Split(self.texts, self.pairs, encoded, self.report)
+
+
+def _extract(table: Table, cols: dict[str, str | None], drop_empty: bool) -> _Raw:
+    """Take the text, pair and label cells of every row; empty ones are an error or a counted drop."""
+    source = table.source
+    if not table.rows:
         raise DataError(f"{source} has no rows of data; it needs at least one labelled example.")
-    texts, pairs, labels = [], [] if cols["pair"] else None, []
-    for i, row in enumerate(rows):
-        label = row[cols["label"]]
-        if _missing(label):
-            raise DataError(
-                f"{source}: row {i + 1} has no label in column {cols['label']!r}; fix or drop it."
-            )
-        texts.append(_text(row[cols["text"]]))
-        if pairs is not None:
-            pairs.append(_text(row[cols["pair"]]))
-        labels.append(label)
-    return texts, pairs, labels
+    roles = [("text", "an empty text", cols["text"]), ("label", "no label", cols["label"])]
+    if cols["pair"] is not None:
+        roles.insert(1, ("pair", "an empty second text", cols["pair"]))
+    empty: dict[str, list[int]] = {}
+    for i, row in enumerate(table.rows):
+        for role, why, column in roles:
+            value = row.get(column)
+            if role != "label" and not _is_text(value):
+                raise DataError(
+                    f"{source}: {table.where(i)} holds {value!r} ({type(value).__name__}) in the "
+                    f"{role} column {column!r}; texts must be strings. Fix the value or pick "
+                    "another column."
+                )
+            if _missing(value) or (role != "label" and _is_nan(value)):
+                empty.setdefault(f"{why} in column {column!r}", []).append(i)
+    if empty and not drop_empty:
+        found = "; ".join(
+            f"{len(rows):,} row{'s have' if len(rows) > 1 else ' has'} {why}: "
+            + listing([table.where(i) for i in rows])
+            for why, rows in empty.items()
+        )
+        raise DataError(
+            f'{source}: {found}. A cell is empty when it is missing, null, "" or only spaces. '
+            "Fill in or remove these rows, or pass --drop-empty to skip them (the count is printed)."
+        )
+    skipped = {i for rows in empty.values() for i in rows}
+    kept = [i for i in range(len(table.rows)) if i not in skipped]
+    if not kept:
+        raise DataError(
+            f"{source}: every row has an empty text or label; no rows are left to use. Check the "
+            "columns (--text-column, --label-column)."
+        )
+    rows = [table.rows[i] for i in kept]
+    pair = cols["pair"]
+    report = ReadReport(
+        source,
+        len(table.rows),
+        table.line_count,
+        table.header_lines,
+        table.blank_lines,
+        table.multiline_rows,
+        {why: [table.where(i) for i in idx] for why, idx in empty.items()},
+    )
+    return _Raw(
+        [str(r[cols["text"]]) for r in rows],
+        [str(r[pair]) for r in rows] if pair is not None else None,
+        [r[cols["label"]] for r in rows],
+        [table.where(i) for i in kept],
+        report,
+    )
+
+
+def _is_text(value: Any) -> bool:
+    """A text cell is a string, an integer (read as its digits), or missing."""
+    return (
+        value is None
+        or isinstance(value, str)
+        or (isinstance(value, int) and not isinstance(value, bool))
+        or _is_nan(value)
+    )
 
 
 def _missing(value: Any) -> bool:
-    return (
-        value is None
-        or (isinstance(value, str) and not value.strip())
-        or (isinstance(value, float) and math.isnan(value))
-    )
+    """None or blank text; a NaN label is not missing but refused as not finite (data_labels)."""
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
-def _label_key(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value).strip()
-
-
-def _multi_keys(value: Any) -> list[str]:
-    if isinstance(value, (list, tuple)):
-        return [_label_key(v) for v in value]
-    return [p.strip() for p in str(value).split(",") if p.strip()]
-
-
-def _sorted_names(keys: set[str]) -> list[str]:
-    try:
-        return sorted(keys, key=float)
-    except ValueError:
-        return sorted(keys)
-
-
-def _label_encoder(
-    raw: list[Any],
-    problem_type: str,
-    names: Sequence[str] | None,
-    label_map: dict[str, str] | None,
-    source: str,
-):
-    if problem_type == "regression":
-
-        def encode_float(value: Any, src: str, i: int) -> float:
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                raise DataError(
-                    f"{src}: row {i + 1} label {value!r} is not a number; regression needs numbers."
-                ) from None
-
-        return ["score"], encode_float
-    mapping = label_map or {}
-    if problem_type == "single_label":
-        seen = {mapping.get(_label_key(v), _label_key(v)) for v in raw}
-    else:
-        seen = {mapping.get(k, k) for v in raw for k in _multi_keys(v)}
-    labels = list(names) if names else _sorted_names(seen)
-    unknown = sorted(seen - set(labels))
-    if unknown:
-        raise DataError(f"{source}: labels {unknown} are not among the expected {labels}.")
+def _encode(keys: list[list[str]], labels: list[str], problem_type: str) -> list[Any]:
     index = {name: i for i, name in enumerate(labels)}
-    if problem_type == "single_label" and len(labels) < 2:
-        raise DataError(
-            f"{source}: every row has the label {labels}; a classifier needs two labels or more."
-        )
-
-    def encode(value: Any, src: str, i: int) -> Any:
-        if problem_type == "single_label":
-            key = mapping.get(_label_key(value), _label_key(value))
-            if key not in index:
-                raise DataError(f"{src}: row {i + 1} label {key!r} is not among {labels}.")
-            return index[key]
+    if problem_type == "single_label":
+        return [index[row[0]] for row in keys]
+    encoded = []
+    for row in keys:
         hot = [0.0] * len(labels)
-        for k in _multi_keys(value):
-            key = mapping.get(k, k)
-            if key not in index:
-                raise DataError(f"{src}: row {i + 1} label {key!r} is not among {labels}.")
+        for key in row:
             hot[index[key]] = 1.0
-        return hot
-
-    return labels, encode
-
-
-def _check_seen(
-    raw: list[Any],
-    labels: list[str],
-    problem_type: str,
-    label_map: dict[str, str] | None,
-    source: str,
-    train_source: str,
-) -> None:
-    if problem_type == "regression":
-        return
-    mapping = label_map or {}
-    keys = (
-        {_label_key(v) for v in raw}
-        if problem_type == "single_label"
-        else {k for v in raw for k in _multi_keys(v)}
-    )
-    unseen = sorted({mapping.get(k, k) for k in keys} - set(labels))
-    if unseen:
-        raise DataError(
-            f"{source} has labels {unseen} that never occur in the training data {train_source} "
-            f"(training labels: {labels}); fix the labels or add training rows for them."
-        )
+        encoded.append(hot)
+    return encoded

@@ -12,6 +12,7 @@ from bitfit_deploy.errors import DataError
 from bitfit_deploy.presets import PRESETS, get_preset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the repo
+DATA = Path(__file__).parent / "data"
 
 
 def write(path: Path, text: str) -> Path:
@@ -138,9 +139,9 @@ def test_other_bad_inputs(tmp_path):
         load_task_data(write(tmp_path / "x.xml", "<a/>"))
     with pytest.raises(DataError, match="two labels or more"):
         load_task_data(write(tmp_path / "one.tsv", "text\tlabel\na\t1\nb\t1\n"))
-    with pytest.raises(DataError, match="row 2 has no label"):
+    with pytest.raises(DataError, match=r"1 row has no label in column 'label': line 3\."):
         load_task_data(write(tmp_path / "gap.tsv", "text\tlabel\na\t1\nb\t\n"))
-    with pytest.raises(DataError, match="not a number"):
+    with pytest.raises(DataError, match="not a finite number"):
         load_task_data(
             write(tmp_path / "r.tsv", "text\tlabel\na\thigh\n"), problem_type="regression"
         )
@@ -173,3 +174,89 @@ def test_presets_read_the_real_glue_files(name, dev_rows):
         assert min(data.train.labels) >= 0.0 and max(data.train.labels) <= 5.0
     else:
         assert data.labels == list(p.labels) and set(data.train.labels) == {0, 1}
+
+
+# Fault 3: empty texts are an error listing the rows, or with drop_empty a counted drop.
+def test_empty_texts_are_listed():
+    path = DATA / "bad_empty_texts.jsonl"
+    with pytest.raises(DataError) as err:
+        load_task_data(path)
+    assert str(err.value) == (
+        f"{path}: 3 rows have an empty text in column 'text': line 2, line 3, line 4. A cell is "
+        'empty when it is missing, null, "" or only spaces. Fill in or remove these rows, or pass '
+        "--drop-empty to skip them (the count is printed)."
+    )
+
+
+def test_drop_empty_skips_and_counts_them():
+    data = load_task_data(DATA / "bad_empty_texts.jsonl", drop_empty=True)
+    assert data.train.texts == ["a gorgeous film", "a dull film"]
+    assert data.train.labels == [1, 0]
+    report = data.train.report
+    assert report.rows_read == 5 and report.rows_used == 2
+    assert report.dropped == {"an empty text in column 'text'": ["line 2", "line 3", "line 4"]}
+
+
+def test_empty_second_text_of_a_pair():
+    path = DATA / "bad_empty_pair.jsonl"
+    with pytest.raises(DataError) as err:
+        load_task_data(path)
+    assert str(err.value).startswith(
+        f"{path}: 2 rows have an empty second text in column 'hypothesis': line 2, line 4. "
+    )
+    data = load_task_data(path, drop_empty=True)
+    assert data.train.pairs == ["He rests.", "The sky is clear."]
+    assert data.train.report.dropped == {
+        "an empty second text in column 'hypothesis'": ["line 2", "line 4"]
+    }
+
+
+def test_every_kind_of_empty_cell_is_listed_with_a_count(tmp_path):
+    rows = "".join(f"\t{i % 2}\n" for i in range(9)) + "ok\t\nfine\t1\n"
+    path = write(tmp_path / "e.tsv", "text\tlabel\n" + rows)
+    with pytest.raises(DataError) as err:
+        load_task_data(path)
+    assert (
+        "9 rows have an empty text in column 'text': line 2, line 3, line 4, line 5, line 6 "
+        "(and 4 more); 1 row has no label in column 'label': line 11."
+    ) in str(err.value)
+    with pytest.raises(DataError, match="every row has an empty text or label; no rows are left"):
+        load_task_data(write(tmp_path / "all.tsv", "text\tlabel\n\t1\n  \t0\n"), drop_empty=True)
+
+
+def test_text_that_is_not_a_string(tmp_path):
+    path = write(
+        tmp_path / "t.jsonl", '{"text": "ok", "label": 1}\n{"text": ["a", "b"], "label": 0}\n'
+    )
+    with pytest.raises(DataError, match=r"line 2 holds \['a', 'b'\] \(list\) in the text column"):
+        load_task_data(path)
+    numbers = write(tmp_path / "n.jsonl", '{"text": 1984, "label": 1}\n{"text": "b", "label": 0}\n')
+    assert load_task_data(numbers).train.texts == ["1984", "b"]
+
+
+# A clean GLUE/TREC-style file reads as before (rows, labels and order as the former reader gave).
+def test_clean_glue_and_trec_style_files_read_as_before():
+    rte = load_task_data(DATA / "clean_glue_style.tsv")
+    assert rte.columns == {"text": "sentence1", "pair": "sentence2", "label": "label"}
+    assert rte.train.texts == [
+        'He said "hi" and left .',
+        'The "best" film of 2001 , it \'s said .',
+        '"Quoted at the start',
+        "A trailing space ",
+    ]
+    assert rte.train.pairs == [
+        "Nobody spoke .",
+        "A film was praised .",
+        'and "at the end"',
+        "A café , naïve , 東京 .",
+    ]
+    assert rte.labels == ["entailment", "not_entailment"]
+    assert rte.train.labels == [1, 0, 0, 1]
+    trec = load_task_data(DATA / "clean_trec_style.tsv")
+    assert trec.train.texts == [
+        'How far is it from " here " to there ?',
+        "Who wrote `` Dune '' ?",
+        'What is a "" double quote ?',
+    ]
+    assert trec.labels == ["DESC", "HUM", "NUM"] and trec.train.labels == [2, 1, 0]
+    assert trec.train.report.notes == [] and trec.train.report.dropped == {}
