@@ -7,7 +7,6 @@ A bundle folder holds `model.onnx` (and `model.int8.onnx`), the tokenizer, `base
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -16,6 +15,8 @@ from typing import Any
 
 from bitfit_deploy import __version__
 from bitfit_deploy.errors import BundleError
+from bitfit_deploy.integrity import sha256_file as sha256_file  # re-exported: exporters use it
+from bitfit_deploy.integrity import verify_files
 
 FORMAT_NAME = "bitfit-bundle"
 FORMAT_VERSION = 1
@@ -63,6 +64,10 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     tool_version: str = __version__
 
+    def runtime_files(self, variant: str, tasks: bool = True) -> list[str]:
+        """The files a runtime of `variant` loads (graph, tokenizer, base biases, shipped tasks)."""
+        return [self.variants[variant], TOKENIZER_FILE, BASE_FILE, *(self.tasks if tasks else [])]
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
 
@@ -93,17 +98,12 @@ class Manifest:
         return cls(**values)
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_manifest(bundle_dir: str | os.PathLike[str], verify: bool = True) -> Manifest:
-    """Load a bundle's manifest; with `verify`, check every listed file exists and matches its sha256."""
+    """Load a bundle's manifest; with `verify`, check every listed file exists and matches its sha256.
+
+    This hashes every file, used or not, and trusts no verified marker; `Runtime` checks only the
+    files it loads (see `bitfit_deploy.integrity`).
+    """
     bundle = Path(bundle_dir)
     path = bundle / MANIFEST_FILE
     if not path.is_file():
@@ -117,13 +117,5 @@ def read_manifest(bundle_dir: str | os.PathLike[str], verify: bool = True) -> Ma
         raise BundleError(f"{path} is not valid JSON ({exc}); export the bundle again.") from exc
     manifest = Manifest.from_dict(data, str(path))
     if verify:
-        for rel, expected in manifest.files.items():
-            file = bundle / rel
-            if not file.is_file():
-                raise BundleError(f"bundle {str(bundle)!r} lacks {rel}; export it again.")
-            if sha256_file(file) != expected:
-                raise BundleError(
-                    f"{file} does not match the sha256 in the manifest; the bundle was modified "
-                    "or partly copied. Export it again."
-                )
+        verify_files(bundle, manifest.files, manifest.files, use_markers=False)
     return manifest

@@ -18,6 +18,7 @@ from safetensors.numpy import load_file
 
 from bitfit_deploy.delta import TaskDelta, check_delta_fits, from_bytes, load_delta
 from bitfit_deploy.errors import BundleError, IncompatibleTaskError, InvalidInputError
+from bitfit_deploy.integrity import verify_bundle
 from bitfit_deploy.manifest import BASE_FILE, TOKENIZER_FILE, Manifest, read_manifest
 from bitfit_deploy.runtime.batching import plan_runs
 from bitfit_deploy.runtime.engine import BoundEngine, HostEngine
@@ -42,7 +43,7 @@ class Runtime:
         'positive'
 
     Args:
-        bundle_dir: a folder written by `bitfit-deploy export --onnx` (checksums are verified).
+        bundle_dir: a folder written by `bitfit-deploy export --onnx`.
         provider: "cpu" or "cuda" (onnxruntime-gpu's CUDA provider, with I/O binding).
         threads: ONNX Runtime intra-op threads; None lets ORT choose.
         variant: "fp32" or "int8" (if the bundle was exported with it).
@@ -51,6 +52,11 @@ class Runtime:
         io_binding: gather task rows on the session's device with I/O binding; default on for cuda.
         spin_wait: let idle ORT threads spin between runs (fastest for back-to-back calls);
             False suits a process that does other work, like the server.
+        verify: how the bundle's sha256 checksums are checked before anything is loaded:
+            "cached" (default) hashes the files this runtime loads, skipping a file whose
+            verified marker still matches (size, mtime, ctime, inode: see
+            `bitfit_deploy.integrity` for what that does not catch); "loaded" always hashes
+            them; "full" hashes every file of the bundle, unused variants included.
     """
 
     def __init__(
@@ -64,15 +70,17 @@ class Runtime:
         *,
         io_binding: bool | None = None,
         spin_wait: bool = True,
+        verify: str = "cached",
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
-        self.manifest: Manifest = read_manifest(self.bundle_dir, verify=True)
+        self.manifest: Manifest = read_manifest(self.bundle_dir, verify=False)
         if max_batch_size < 1:
             raise InvalidInputError(f"max_batch_size must be at least 1, got {max_batch_size}.")
         self.max_batch_size = max_batch_size
         self.provider = provider
         self.variant = variant
         model_path = self._variant_path(variant)
+        verify_bundle(self.bundle_dir, self.manifest, variant, verify, load_bundle_tasks)
         self._layout = BiasLayout.from_inputs(self.manifest.bias_inputs)
         self._bias_dims = dict(zip(self._layout.names, self._layout.dims, strict=True))
         self._base_row = self._read_base()

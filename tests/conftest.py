@@ -65,6 +65,14 @@ def build_tiny_model(folder: Path, arch: str = "bert", seed: int = 0) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _marker_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Verified-bundle markers go to a temp folder, never the user's cache (subprocesses too)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BITFIT_DEPLOY_CACHE_DIR", str(tmp_path_factory.mktemp("verified-markers")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):
     """Factory: tiny_models("bert"|"roberta"|"distilbert") -> folder, built once per session."""
