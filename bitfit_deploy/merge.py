@@ -1,11 +1,12 @@
-"""Merge a bias delta into its base: a normal Hugging Face model folder for users who want one.
+"""Merge a bias delta into its base: a model folder that the wider ecosystem loads right, or refuses.
 
-The folder holds the encoder with base + delta biases (`AutoModel.from_pretrained` loads it),
-the tokenizer, our head in `head.safetensors` and the task metadata in `bitfit_task.json`.
-Where our head equals a transformers classification head (BERT-family with the model's own
-pooler) the folder is also a complete `BertForSequenceClassification`. Other poolings (mean,
-cls) have no exact transformers counterpart; `load_model_folder` rebuilds the task model then.
-`train --method full` writes the same layout.
+Where transformers expresses the task exactly (pooler pooling on BERT, RoBERTa, XLM-R) the folder
+is a complete `*ForSequenceClassification` (`AutoModelForSequenceClassification` loads it, labels
+included). Elsewhere (mean or first-token pooling, DistilBERT) it is a sentence-transformers folder
+whose `encode` returns the task's logits, laid out so that transformers' loaders fail on it rather
+than build a random head (see `st_folder`). Both hold `bitfit_task.json` (the task's metadata,
+labels and problem type) and a README.md saying how to load the folder and read its logits.
+`train --method full` writes the same folders.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from bitfit_deploy import folder_readme
 from bitfit_deploy._io import atomic_dir
-from bitfit_deploy.contract import HEAD_BIAS, HEAD_WEIGHT
 from bitfit_deploy.delta import DeltaMetadata, load_delta
 from bitfit_deploy.errors import DeltaFormatError, FingerprintMismatchError
 from bitfit_deploy.fingerprint import short
+from bitfit_deploy.hf_classifier import exact_classifier, from_classifier, to_classifier
 from bitfit_deploy.modeling import (
     TaskModel,
     apply_delta,
@@ -31,24 +31,30 @@ from bitfit_deploy.modeling import (
     default_model_path,
     load_encoder,
 )
+from bitfit_deploy.st_folder import read_st_folder, save_tokenizer, write_st_folder
 
 TASK_JSON = "bitfit_task.json"
-HEAD_FILE = "head.safetensors"
-HF_PROBLEM_TYPES = {
-    "single_label": "single_label_classification",
-    "multi_label": "multi_label_classification",
-    "regression": "regression",
-}
+SEQUENCE_CLASSIFICATION = "sequence-classification"
+"""Layout: a complete transformers `*ForSequenceClassification` folder."""
+SENTENCE_TRANSFORMERS = "sentence-transformers"
+"""Layout: a sentence-transformers folder (encoder, pooling, head as a Dense module)."""
 
 
 @dataclass
 class MergeResult:
-    """Where the merged model went and what kind of folder it is."""
+    """Where the merged model went, how it is laid out and which loader reads it."""
 
     output: Path
-    sequence_classification: bool
-    """True when the folder is also a complete `*ForSequenceClassification` model."""
+    layout: str
+    """SEQUENCE_CLASSIFICATION or SENTENCE_TRANSFORMERS."""
+    loader: str
+    """The call that loads the folder, e.g. `SentenceTransformer(folder)`."""
     description: str
+
+    @property
+    def sequence_classification(self) -> bool:
+        """True when the folder is a complete `*ForSequenceClassification` model."""
+        return self.layout == SEQUENCE_CLASSIFICATION
 
 
 def merge(
@@ -72,22 +78,23 @@ def merge(
 
     task_model = apply_delta(encoder, delta)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    complete = write_model_folder(
+    layout = write_model_folder(
         task_model, tokenizer, meta, output, force=force, merged_from=str(delta_path)
     )
-    if complete:
-        what = (
-            f"a complete {type(encoder).__name__.replace('Model', '')}ForSequenceClassification folder "
-            "(AutoModelForSequenceClassification loads it; the merged encoder and head.safetensors too)"
-        )
+    if layout == SEQUENCE_CLASSIFICATION:
+        classifier = exact_classifier(encoder.config.model_type, meta.pooling)
+        loader = "AutoModelForSequenceClassification.from_pretrained(folder)"
+        what = f"a complete {classifier} folder; load it with {loader} (labels in its config)"
     else:
+        loader = "SentenceTransformer(folder)"
         what = (
-            f"the encoder with merged biases (AutoModel loads it) and the head in {HEAD_FILE}; no "
-            f"*ForSequenceClassification folder, because pooling {meta.pooling!r} on "
-            f"{encoder.config.model_type} has no exact transformers head (load it with "
-            "bitfit_deploy.merge.load_model_folder)"
+            f"a sentence-transformers folder; load it with {loader}, whose encode(texts) returns "
+            f"the task's logits (labels, problem type, text pairs: README.md and {TASK_JSON} in "
+            f"the folder). No transformers *ForSequenceClassification pools {meta.pooling!r} on "
+            f"{encoder.config.model_type} into this head, so AutoModelForSequenceClassification "
+            "refuses the folder rather than add a random head"
         )
-    return MergeResult(Path(output), complete, what)
+    return MergeResult(Path(output), layout, loader, what)
 
 
 def write_model_folder(
@@ -97,34 +104,25 @@ def write_model_folder(
     output: str | os.PathLike[str],
     force: bool = False,
     **extra: Any,
-) -> bool:
-    """Write encoder + tokenizer + head + metadata atomically; return True if it is a full classifier."""
-    from safetensors.torch import save_file
-
-    classifier = _sequence_classifier(model, meta)
+) -> str:
+    """Write the task model, tokenizer, metadata and README atomically; return the layout written."""
+    classifier = exact_classifier(model.encoder.config.model_type, meta.pooling)
+    layout = SENTENCE_TRANSFORMERS if classifier is None else SEQUENCE_CLASSIFICATION
     with atomic_dir(output, force=force) as tmp:
-        (classifier or model.encoder).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        save_file(
-            {
-                HEAD_WEIGHT: model.head.weight.detach().float().cpu().contiguous(),
-                HEAD_BIAS: model.head.bias.detach().float().cpu().contiguous(),
-            },
-            str(tmp / HEAD_FILE),
-        )
-        info = {
-            **dataclasses.asdict(meta),
-            "sequence_classification": classifier is not None,
-            **extra,
-        }
+        if classifier is None:
+            write_st_folder(model, tokenizer, meta.max_length, tmp)
+        else:
+            to_classifier(model, meta).save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp, model.text_inputs)
+        readme = folder_readme.render(meta, Path(output).name, classifier)
+        (tmp / "README.md").write_text(readme)
+        info = {**dataclasses.asdict(meta), "layout": layout, **extra}
         (tmp / TASK_JSON).write_text(json.dumps(info, indent=2))
-    return classifier is not None
+    return layout
 
 
 def load_model_folder(folder: str | os.PathLike[str]) -> tuple[TaskModel, DeltaMetadata]:
     """Rebuild the task model (encoder + pooling + head) from a merged or full-model folder."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     info_file = folder / TASK_JSON
     if not info_file.is_file():
@@ -134,37 +132,17 @@ def load_model_folder(folder: str | os.PathLike[str]) -> tuple[TaskModel, DeltaM
     info = json.loads(info_file.read_text())
     known = {f.name for f in dataclasses.fields(DeltaMetadata)}
     meta = DeltaMetadata(**{k: v for k, v in info.items() if k in known})
-    encoder, _ = load_encoder(str(folder))
-    head = load_file(str(folder / HEAD_FILE))
-    model = TaskModel(encoder, head[HEAD_WEIGHT].shape[0], meta.pooling, meta.problem_type)
-    with torch.no_grad():
-        model.head.weight.copy_(head[HEAD_WEIGHT])
-        model.head.bias.copy_(head[HEAD_BIAS])
-    return model.eval(), meta
+    layout = info.get("layout")
+    if layout == SENTENCE_TRANSFORMERS:
+        return read_st_folder(folder, meta.pooling, meta.problem_type), meta
+    if layout == SEQUENCE_CLASSIFICATION:
+        return from_classifier(folder, meta), meta
+    raise DeltaFormatError(
+        f"{str(folder)!r}: {TASK_JSON} names layout {layout!r}, which this bitfit-deploy does not "
+        "read; merge the delta again with this version."
+    )
 
 
 def _base_hint(meta: DeltaMetadata) -> str:
     hint = meta.base_model
     return hint if hint and Path(hint).is_dir() else default_model_path()
-
-
-def _sequence_classifier(model: TaskModel, meta: DeltaMetadata) -> Any | None:
-    """A BertForSequenceClassification equal to `model`, where the pooling makes one exact."""
-    encoder = model.encoder
-    if encoder.config.model_type != "bert" or meta.pooling != "pooler":
-        return None
-    from transformers import BertForSequenceClassification
-
-    config = encoder.config.__class__.from_dict(encoder.config.to_dict())
-    config.num_labels = model.head.out_features
-    config.problem_type = HF_PROBLEM_TYPES[meta.problem_type]
-    labels = meta.labels if meta.problem_type != "regression" else ["score"]
-    config.id2label = dict(enumerate(labels))
-    config.label2id = {name: i for i, name in enumerate(labels)}
-    config.architectures = ["BertForSequenceClassification"]
-    classifier = BertForSequenceClassification(config)
-    classifier.bert.load_state_dict(encoder.state_dict())
-    with torch.no_grad():
-        classifier.classifier.weight.copy_(model.head.weight)
-        classifier.classifier.bias.copy_(model.head.bias)
-    return classifier.eval()

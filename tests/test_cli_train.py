@@ -121,7 +121,7 @@ def test_train_inspect_merge(tiny_bert, toy_tsv, tmp_path):
         "--model",
         str(tiny_bert),
     )
-    assert merged.exit_code == 0 and "head.safetensors" in merged.output
+    assert merged.exit_code == 0 and "load it with SentenceTransformer(folder)" in merged.output
     assert "task            toy" in run("inspect", str(tmp_path / "merged")).output
 
 

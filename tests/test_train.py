@@ -197,7 +197,8 @@ def test_full_method_writes_a_model_folder(tiny_bert, toy, tmp_path):
     out = tmp_path / "full"
     result = train(config(tiny_bert, toy[0], out, method="full", max_steps=2, lr=1e-3))
     assert result.delta is None
-    assert {"config.json", "model.safetensors", "head.safetensors", "bitfit_task.json"} <= {
+    # mean pooling has no exact transformers head: a sentence-transformers folder (see test_merge)
+    assert {"modules.json", "0_Transformer", "2_Dense", "bitfit_task.json"} <= {
         p.name for p in out.iterdir()
     }
     base, _ = load_encoder(str(tiny_bert))
@@ -207,7 +208,7 @@ def test_full_method_writes_a_model_folder(tiny_bert, toy, tmp_path):
     assert meta.training["method"] == "full"
     texts = ["our trip was lovely"]
     torch.testing.assert_close(
-        logits_of(reloaded, out, texts), logits_of(result.model, tiny_bert, texts)
+        logits_of(reloaded, out / "0_Transformer", texts), logits_of(result.model, tiny_bert, texts)
     )
 
 

@@ -1,4 +1,4 @@
-"""`bitfit-deploy merge`: write a normal Hugging Face model folder with a task's biases merged in."""
+"""`bitfit-deploy merge`: a model folder with a task's biases merged in, for transformers or sentence-transformers."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import click
 )
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 def command(delta_path: str, output: Path, model: str | None, force: bool) -> None:
-    """Merge base + delta biases into a model folder; the head is saved beside it."""
+    """Merge a task into its base: a folder transformers or sentence-transformers loads (it says which)."""
     from bitfit_deploy.merge import merge
 
     result = merge(delta_path, output, model=model, force=force)
