@@ -109,6 +109,12 @@ class TrainConfig:
     preset: str | None = field(
         default=None, metadata={"help": "GLUE task preset (sst2, cola, ...)."}
     )
+    quoting: str | None = field(
+        default=None, metadata={"help": "TSV/CSV quotes: none, csv or multiline [per format]."}
+    )
+    drop_empty: bool = field(
+        default=False, metadata={"help": "Skip rows with an empty text or label (counted)."}
+    )
     force: bool = field(default=False, metadata={"help": "Overwrite an existing output."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
@@ -149,14 +155,20 @@ class TrainResult:
     """The trained task model (best epoch restored), in eval mode."""
 
 
-def train(config: TrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
+def train(
+    config: TrainConfig, callbacks: Sequence[Any] = (), data: TaskData | None = None
+) -> TrainResult:
     """Train one task and write its delta (or full model folder); see the module docstring.
 
     `callbacks` are extra transformers `TrainerCallback`s (timing, logging) added to the Trainer.
+    `data` is `read_data(config)` when the caller has read it already (to print its summary).
     """
     _check_config(config)
     check_output(config.output, config.force, "output")
-    data, metric = _load_data(config)
+    data = data if data is not None else read_data(config)
+    metric = (
+        get_preset(config.preset).metric if config.preset else DEFAULT_METRIC[data.problem_type]
+    )
     encoder, model_path = load_encoder(config.model)
     fingerprint = base_fingerprint(encoder)
     pooling = resolve_pooling(encoder, model_path, config.pooling)
@@ -269,7 +281,8 @@ def _check_config(config: TrainConfig) -> None:
         raise DataError(f"epochs must be positive, got {config.epochs}.")
 
 
-def _load_data(config: TrainConfig) -> tuple[TaskData, str]:
+def read_data(config: TrainConfig) -> TaskData:
+    """Read and check the config's train (and eval) data, with its preset's columns and labels."""
     columns = Columns(config.text_column, config.text_pair_column, config.label_column)
     if config.preset:
         preset = get_preset(config.preset)
@@ -280,18 +293,25 @@ def _load_data(config: TrainConfig) -> tuple[TaskData, str]:
             columns.label if columns.label is not None else pc.label,
         )
         problem_type = config.problem_type or preset.problem_type
-        data = load_task_data(
+        return load_task_data(
             config.train,
             config.eval,
             columns,
             problem_type,
             label_names=list(preset.labels) or None,
             label_map=preset.label_map or None,
+            quoting=config.quoting,
+            drop_empty=config.drop_empty,
         )
-        return data, preset.metric
     problem_type = config.problem_type or "single_label"
-    data = load_task_data(config.train, config.eval, columns, problem_type)
-    return data, DEFAULT_METRIC[problem_type]
+    return load_task_data(
+        config.train,
+        config.eval,
+        columns,
+        problem_type,
+        quoting=config.quoting,
+        drop_empty=config.drop_empty,
+    )
 
 
 def _freeze(model: TaskModel, trainable_biases: set[str] | None) -> int:

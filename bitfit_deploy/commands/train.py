@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from bitfit_deploy.commands._options import POOLING_CHOICES, model_option
 from bitfit_deploy.contract import PROBLEM_TYPES
+from bitfit_deploy.data_tables import QUOTING
+
+if TYPE_CHECKING:
+    from bitfit_deploy.data import TaskData
 
 
 @click.command()
@@ -108,6 +113,23 @@ from bitfit_deploy.contract import PROBLEM_TYPES
     help="[default: the preset's, else single_label]",
 )
 @click.option("--preset", default=None, help="GLUE task preset: sst2, cola, mrpc, rte, stsb, qnli.")
+@click.option(
+    "--quoting",
+    type=click.Choice(QUOTING),
+    default=None,
+    help='How TSV/CSV read ": none (a plain character), csv (a field may be quoted, on one line) '
+    "or multiline (a quoted field may hold line breaks) [default: none for TSV, csv for CSV].",
+)
+@click.option(
+    "--drop-empty",
+    is_flag=True,
+    help="Skip rows whose text or label is empty (the count is printed) instead of stopping.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Read and check the data, print what was read, and stop before loading the model.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def command(
     task: str,
@@ -130,10 +152,14 @@ def command(
     label_column: str | None,
     problem_type: str | None,
     preset: str | None,
+    quoting: str | None,
+    drop_empty: bool,
+    dry_run: bool,
     force: bool,
 ) -> None:
     """Fine-tune only the biases (and a linear head) of a frozen encoder; write a bias-delta file."""
-    from bitfit_deploy.train import TrainConfig, train
+    from bitfit_deploy._io import check_output
+    from bitfit_deploy.train import TrainConfig, read_data, train
 
     config = TrainConfig(
         task=task,
@@ -156,9 +182,18 @@ def command(
         label_column=label_column,
         problem_type=problem_type,
         preset=preset,
+        quoting=quoting,
+        drop_empty=drop_empty,
         force=force,
     )
-    result = train(config)
+    if not dry_run:
+        check_output(output, force, "output")  # before reading the data, not after
+    data = read_data(config)
+    click.echo(_data_summary(config.model, max_length, data))
+    if dry_run:
+        click.echo("dry run: the data reads cleanly; stopped before loading the model.")
+        return
+    result = train(config, data=data)
     size = sum(
         f.stat().st_size
         for f in ([output] if output.is_file() else output.rglob("*"))
@@ -170,3 +205,13 @@ def command(
         f"wrote {output} ({size / 1024:.1f} KB): task {task!r}, {result.trainable_parameters:,} of "
         f"{result.total_parameters:,} parameters trained; eval {metrics}{best}"
     )
+
+
+def _data_summary(model: str | None, max_length: int, data: TaskData) -> str:
+    """What was read, with the rows the model's tokenizer will truncate (no model is loaded)."""
+    from bitfit_deploy.data_summary import count_truncated, describe, max_tokens
+    from bitfit_deploy.modeling import default_model_path
+
+    model_dir = model or default_model_path()
+    limit = max_tokens(model_dir, max_length)
+    return describe(data, count_truncated(model_dir, data, limit), limit)
