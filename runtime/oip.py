@@ -208,8 +208,9 @@ def _content_type(params: Any, default: str, where: str) -> str:
     if value is None:
         return default
     if value not in CONTENT_TYPES:
+        shown = repr(value[:40]) if isinstance(value, str) else describe(value)
         raise OIPRequestError(
-            f"{where} has content_type {describe(value)}; BYTES text is read as 'str' (UTF-8) "
+            f"{where} has content_type {shown}; BYTES text is read as 'str' (UTF-8) "
             "or 'base64' (base64 of UTF-8): send one of them."
         )
     return str(value)

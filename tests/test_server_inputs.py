@@ -1,0 +1,505 @@
+"""No request body gets a 500, and a row's answer depends only on its task and text (issue 8).
+
+A fuzz test sends random JSON shapes, depths, types, surrogates, control characters and huge
+numbers to every route that reads a body; the rest pin arity, per-task truncation, V2 content
+types and Unicode over REST and V2, and that bad requests never disturb their batch-mates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from runtime_fixtures import LONG_TEXT
+from starlette.testclient import TestClient
+from test_server import make_delta, metric, serve
+
+from bitfit_deploy.delta import save_delta
+from bitfit_deploy.runtime import Runtime
+from bitfit_deploy.runtime.server import create_app
+
+TOKEN = "fuzz-token"
+TASKS = {  # name -> (problem_type, labels, inputs, max_length)
+    "sent": ("single_label", ["negative", "positive"], "single", 16),
+    "nli": ("single_label", ["entailment", "neutral", "contradiction"], "pair", 24),
+    "old": ("regression", ["score"], "unknown", 128),
+}
+DEEP = 100_000
+SPECIAL_TEXTS = [
+    "great film \ud83d",
+    "\udc00",
+    "\x00",
+    "nul\x00inside",
+    "\x1b[31mred\x1b[0m",
+    "\u202eevil",
+    "\ufeff",
+    "\r\n\t",
+    "💥" * 30,
+    "",
+    "3",
+]
+
+
+class _Records(logging.Handler):
+    """Keeps the server log's records, to show no request was an internal error."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+class _Spy:
+    """The real runtime; counts batch runs and the ones that raised (a batch falling apart)."""
+
+    def __init__(self, inner: Runtime) -> None:
+        self.inner, self.runs, self.failed = inner, 0, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def predict_mixed(self, rows: Any) -> Any:
+        self.runs += 1
+        try:
+            return self.inner.predict_mixed(rows)
+        except Exception:
+            self.failed += 1
+            raise
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Runtime:
+    from bitfit_deploy.exporters.bundle import export_bundle
+
+    root = tmp_path_factory.mktemp("served-inputs")
+    manifest = export_bundle(root / "bundle", model=str(tiny_bert))
+    runtime = Runtime(root / "bundle", threads=1, max_batch_size=16)
+    for seed, (name, (kind, labels, inputs, max_length)) in enumerate(TASKS.items()):
+        delta = make_delta(manifest, name, kind, labels, seed)
+        delta.metadata.inputs, delta.metadata.max_length = inputs, max_length
+        runtime.load_task(save_delta(delta, root / f"{name}.safetensors"))
+    return runtime
+
+
+@pytest.fixture(scope="module")
+def log_records() -> Iterator[_Records]:
+    handler = _Records()
+    logger = logging.getLogger("bitfit_deploy.server")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+@pytest.fixture(scope="module")
+def client(runtime: Runtime, log_records: _Records) -> Iterator[TestClient]:
+    app = create_app(runtime, max_batch_size=16, max_delay_ms=1, admin_token=TOKEN)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def error_of(response: httpx.Response, status: int, code: str) -> str:
+    """The message of a JSON error answer (REST or V2 layout) after checking status and code."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert code in (body.get("error"), body.get("code")), body
+    return body["detail"] if "detail" in body else body["error"]
+
+
+# --------------------------------------------------------------------- fuzz
+
+plain = st.text(st.characters(categories=["L", "M", "N", "P", "S", "Z", "C"]), max_size=12)
+texts = st.one_of(  # hypothesis never draws surrogates itself: some texts get one inserted
+    plain,
+    plain,
+    st.sampled_from(SPECIAL_TEXTS),
+    st.builds("{}{}{}".format, plain, st.sampled_from(["\ud83d", "\udc00", "\udbff"]), plain),
+)
+leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.sampled_from([10**400, -(2**63), 1e308, -1]),
+    st.floats(),
+    texts,
+)
+any_json = st.recursive(
+    leaves,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+    max_leaves=12,
+)
+pair = st.lists(texts, min_size=2, max_size=2)
+rest_input = st.one_of(texts, texts, pair, st.lists(texts, max_size=3), any_json)
+rest_body = st.fixed_dictionaries({"inputs": st.lists(rest_input, max_size=4) | any_json})
+task_names = st.sampled_from(["sent", "nli", "old", "old", "nope"])
+mixed_body = st.fixed_dictionaries(
+    {
+        "requests": st.lists(
+            st.fixed_dictionaries({"task": task_names | any_json, "input": rest_input}),
+            max_size=4,
+        )
+        | any_json
+    }
+)
+v2_params = st.fixed_dictionaries(
+    {},
+    optional={
+        "content_type": st.sampled_from(["str", "base64", "np", "pd", ""]) | any_json,
+        "binary_data_size": st.integers(-2, 12) | any_json,
+        "binary_data_output": any_json,
+    },
+)
+v2_tensor = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["text", "text_pair"]) | any_json,
+        "datatype": st.sampled_from(["BYTES", "FP32"]) | any_json,
+        "shape": st.lists(st.integers(-1, 4), max_size=3) | any_json,
+    },
+    optional={
+        "data": st.lists(texts | texts | pair | any_json, max_size=4) | any_json,
+        "parameters": v2_params | any_json,
+    },
+)
+v2_body = st.fixed_dictionaries(
+    {"inputs": st.lists(v2_tensor, max_size=3) | any_json},
+    optional={
+        "id": any_json,
+        "parameters": v2_params | any_json,
+        "outputs": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.sampled_from(["label", "score", "scores", "value", "x"]) | any_json},
+                optional={"parameters": any_json},
+            ),
+            max_size=3,
+        )
+        | any_json,
+    },
+)
+
+
+def encoded(value: Any, ascii_only: bool) -> bytes:
+    """JSON bytes as a client sends them: escapes (lone surrogates too) or raw UTF-8 (then invalid)."""
+    return json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+
+
+def bodies(structured: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
+    """Bodies for one route: its own shapes, any JSON, raw bytes, and deep or unclosed nesting."""
+    return st.one_of(
+        st.builds(encoded, structured, st.booleans()),
+        st.builds(encoded, structured, st.booleans()),
+        st.builds(encoded, any_json, st.booleans()),
+        st.binary(max_size=64),
+        st.builds(
+            extreme,
+            st.sampled_from([b'{"inputs": ', b'{"requests": ', b'{"inputs": [{"data": ', b""]),
+            st.sampled_from(["arrays", "objects", "unclosed", "digits"]),
+            st.integers(1, DEEP),
+        ),
+    )
+
+
+def extreme(prefix: bytes, kind: str, n: int) -> bytes:
+    """A body holding a value nested `n` deep, or an integer of `n` digits, after `prefix`."""
+    value = {
+        "arrays": b"[" * n + b"]" * n,
+        "objects": b'{"a": ' * n + b"1" + b"}" * n,
+        "unclosed": b"[" * n,
+        "digits": b"9" * n,
+    }[kind]
+    return prefix + value + (b"}" * prefix.count(b"{") + b"]" * prefix.count(b"["))[::-1]
+
+
+def assert_answered(response: httpx.Response, log_records: _Records) -> None:
+    """2xx or 4xx with a JSON body (a JSON error for 4xx), and no internal error logged."""
+    assert 200 <= response.status_code < 500, response.text
+    body = response.json()
+    if response.status_code >= 400:
+        assert isinstance(body["error"], str) and body["error"]
+    assert not [r for r in log_records.records if "internal error" in r.getMessage()]
+
+
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@FUZZ
+@given(task=task_names, body=bodies(rest_body))
+def test_no_rest_predict_body_gets_a_500(client, log_records, task, body) -> None:
+    response = client.post(f"/v1/tasks/{task}/predict", content=body)
+    assert_answered(response, log_records)
+
+
+@FUZZ
+@given(body=bodies(mixed_body))
+def test_no_mixed_predict_body_gets_a_500(client, log_records, body) -> None:
+    assert_answered(client.post("/v1/predict", content=body), log_records)
+
+
+@FUZZ
+@given(
+    task=task_names,
+    body=bodies(v2_body),
+    header=st.none() | st.sampled_from(["", "x", "-1", "0", "7", "99999", "1e3", " 5 "]),
+)
+def test_no_v2_infer_body_gets_a_500(client, log_records, task, body, header) -> None:
+    headers = {} if header is None else {"Inference-Header-Content-Length": header}
+    response = client.post(f"/v2/models/{task}/infer", content=body, headers=headers)
+    assert_answered(response, log_records)
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(body=st.binary(max_size=256) | bodies(any_json))
+def test_no_admin_upload_gets_a_500(client, log_records, body) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    response = client.put("/v1/tasks/fuzzed", content=body, headers=headers)
+    assert_answered(response, log_records)
+    assert response.status_code == 422 and "fuzzed" not in client.get("/v1/tasks").text
+
+
+def test_concurrent_good_requests_keep_their_answers_and_batching_among_bad_ones(
+    runtime: Runtime, log_records: _Records
+) -> None:
+    spy = _Spy(runtime)
+    app = create_app(spy, max_batch_size=32, max_delay_ms=50)  # type: ignore[arg-type]
+    good = [("sent", "a fine film"), ("nli", ["a man sleeps", "nobody sleeps"]), ("old", "ok")]
+    deep = b'{"inputs": ' + b"[" * DEEP + b"]" * DEEP + b"}"
+    bad: list[tuple[str, dict[str, Any] | bytes]] = [
+        ("/v1/tasks/sent/predict", {"inputs": ["great film \ud83d"]}),
+        ("/v1/tasks/sent/predict", {"inputs": [["great", "film"]]}),
+        ("/v1/tasks/nli/predict", {"inputs": ["one text"]}),
+        ("/v1/predict", {"requests": [{"task": "sent", "input": ["a", "b", "c"]}]}),
+        ("/v1/tasks/sent/predict", deep),
+        ("/v2/models/sent/infer", v2_request(["\udc00"])),
+        ("/v2/models/sent/infer", v2_request(["Z3JlYXQ="], content_type="np")),
+        ("/v2/models/sent/infer", v2_request(["not base64!"], content_type="base64")),
+        ("/v2/models/nli/infer", v2_request(["no pair"])),
+    ]
+    with serve(app) as base:
+
+        async def fire() -> tuple[list[httpx.Response], list[httpx.Response]]:
+            async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+                goods = [
+                    http.post(f"/v1/tasks/{task}/predict", json={"inputs": [item]})
+                    for _ in range(12)
+                    for task, item in good
+                ]
+                bads = [
+                    http.post(
+                        path, content=body if isinstance(body, bytes) else encoded(body, True)
+                    )
+                    for _ in range(4)
+                    for path, body in bad
+                ]
+                answers = await asyncio.gather(*goods, *bads)
+                return answers[: len(goods)], answers[len(goods) :]
+
+        goods, bads = asyncio.run(fire())
+        batches = httpx.get(f"{base}/metrics").text
+    expected = {task: runtime.predict(task, [item])[0].to_dict() for task, item in good}
+    for i, response in enumerate(goods):
+        assert response.status_code == 200, response.text
+        served = response.json()["predictions"][0]
+        want = expected[good[i % len(good)][0]]
+        assert served["label"] == want["label"] and served["truncated"] == want["truncated"]
+        assert served["score"] == pytest.approx(want["score"], abs=1e-5)
+    assert sorted({r.status_code for r in bads}) == [400, 422]
+    assert spy.failed == 0  # no bad row reached a batch: nothing fell back to one-by-one
+    runs = metric(batches, "bitfit_batch_size_count")
+    assert spy.runs == runs and metric(batches, "bitfit_batch_size_sum") / runs > 1
+    assert not [r for r in log_records.records if "internal error" in r.getMessage()]
+
+
+# ------------------------------------------------------------ each fault
+
+
+def v2_request(
+    texts: list[str], pairs: list[str] | None = None, content_type: str | None = None
+) -> dict[str, Any]:
+    """A V2 inference request of BYTES texts (and pairs), with a content_type if given."""
+    params = {} if content_type is None else {"parameters": {"content_type": content_type}}
+    inputs = [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts, **params}]
+    if pairs is not None:
+        inputs.append(
+            {
+                "name": "text_pair",
+                "datatype": "BYTES",
+                "shape": [len(pairs)],
+                "data": pairs,
+                **params,
+            }
+        )
+    return {"inputs": inputs}
+
+
+def test_a_task_tells_its_inputs_and_max_length_over_rest_and_v2(client) -> None:
+    sent = client.get("/v1/tasks/sent").json()
+    assert (sent["inputs"], sent["max_length"]) == ("single", 16)
+    listed = {t["name"]: t["inputs"] for t in client.get("/v1/tasks").json()["tasks"]}
+    assert listed == {"sent": "single", "nli": "pair", "old": "unknown"}
+    for task, names in [
+        ("sent", ["text"]),
+        ("nli", ["text", "text_pair"]),
+        ("old", ["text", "text_pair"]),
+    ]:
+        inputs = client.get(f"/v2/models/{task}").json()["inputs"]
+        assert [i["name"] for i in inputs] == names
+        assert all(i["parameters"]["content_type"] == "str" for i in inputs)
+
+
+def test_an_input_of_the_wrong_arity_is_422_naming_the_task_and_what_it_takes(client) -> None:
+    cases = [
+        (
+            "/v1/tasks/sent/predict",
+            {"inputs": ["fine", ["great", "film"]]},
+            "input 1 for task 'sent' is a pair",
+        ),
+        ("/v1/tasks/nli/predict", {"inputs": ["great film"]}, "input 0 for task 'nli' is one text"),
+        ("/v1/tasks/nli/predict", {"inputs": [["a"]]}, "exactly two texts"),
+        ("/v1/tasks/old/predict", {"inputs": [["a", "b", "c"]]}, "exactly two texts"),
+        ("/v1/tasks/old/predict", {"inputs": [{"text": "a"}]}, "an object of 1 keys"),
+        (
+            "/v1/predict",
+            {
+                "requests": [
+                    {"task": "old", "input": ["a", "b"]},
+                    {"task": "sent", "input": ["a", "b"]},
+                ]
+            },
+            "input 1 for task 'sent' is a pair",
+        ),
+        ("/v2/models/sent/infer", v2_request(["a"], ["b"]), "takes only the input 'text'"),
+        ("/v2/models/nli/infer", v2_request(["a"]), "add 'text_pair'"),
+    ]
+    for path, body, message in cases:
+        assert message in error_of(client.post(path, json=body), 422, "invalid_input")
+    ok = client.post("/v1/tasks/old/predict", json={"inputs": ["a", ["a", "b"]]})
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == 2
+    pair = client.post("/v2/models/nli/infer", json=v2_request(["a man sleeps"], ["nobody sleeps"]))
+    assert pair.status_code == 200
+
+
+def test_text_that_is_not_valid_unicode_is_422_naming_the_input(client) -> None:
+    lone = encoded({"inputs": ["fine", "great film \ud83d"]}, True)
+    assert "input 1 for task 'sent'" in error_of(
+        client.post("/v1/tasks/sent/predict", content=lone), 422, "invalid_input"
+    )
+    mixed = encoded({"requests": [{"task": "nli", "input": ["a", "b\udc00"]}]}, True)
+    assert "the text_pair is not valid Unicode" in error_of(
+        client.post("/v1/predict", content=mixed), 422, "invalid_input"
+    )
+    v2 = encoded(v2_request(["ok", "\ud83d"]), True)
+    assert "input 1 for task 'sent'" in error_of(
+        client.post("/v2/models/sent/infer", content=v2), 422, "invalid_input"
+    )
+    raw = encoded({"inputs": ["\ud83d"]}, False)  # json.loads reads encoded surrogates too
+    assert "input 0 for task 'sent'" in error_of(
+        client.post("/v1/tasks/sent/predict", content=raw), 422, "invalid_input"
+    )
+    latin1 = '{"inputs": ["caf\xe9"]}'.encode("latin-1")
+    error_of(client.post("/v1/tasks/sent/predict", content=latin1), 400, "malformed_json")
+
+
+def test_deep_or_unreadable_json_is_400_malformed_json_on_every_json_route(client) -> None:
+    deep = "[" * DEEP + "]" * DEEP
+    huge = "1" * 5000
+    for path, template in [
+        ("/v1/tasks/sent/predict", '{"inputs": %s}'),
+        ("/v1/predict", '{"requests": %s}'),
+        ("/v2/models/sent/infer", '{"inputs": [{"name": "text", "data": %s}]}'),
+        ("/v2/models/sent/infer", '{"id": %s, "inputs": []}'),
+    ]:
+        for value, message in [
+            (deep, "deeper than"),
+            ("[" * 40 + "]" * 40, "deeper than"),
+            (huge, "digits"),
+        ]:
+            response = client.post(path, content=template % value)
+            assert message in error_of(response, 400, "malformed_json")
+    fine = client.post(
+        "/v1/tasks/sent/predict", content='{"inputs": ["ok"], "x": %s}' % ("[" * 20 + "]" * 20)
+    )
+    assert fine.status_code == 200
+
+
+def test_v2_reads_base64_and_str_content_types_and_refuses_others(client, runtime) -> None:
+    want = runtime.predict("sent", ["great film", "a dull film"])
+    encoded_texts = [base64.b64encode(t.encode()).decode() for t in ("great film", "a dull film")]
+    assert encoded_texts[0] == "Z3JlYXQgZmlsbQ=="
+    request_level = {
+        **v2_request(["great film", "a dull film"]),
+        "parameters": {"content_type": "str"},
+    }
+    for body in (v2_request(encoded_texts, content_type="base64"), request_level):
+        response = client.post("/v2/models/sent/infer", json=body)
+        assert response.status_code == 200, response.text
+        labels = response.json()["outputs"][0]["data"]
+        assert labels == [p.label for p in want]
+        assert response.json()["outputs"][1]["data"] == pytest.approx(
+            [p.score for p in want], abs=1e-5
+        )
+
+    raw = b"".join(struct.pack("<I", len(t)) + t.encode() for t in encoded_texts)
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "text",
+                    "datatype": "BYTES",
+                    "shape": [2],
+                    "parameters": {"content_type": "base64", "binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
+    binary = client.post(
+        "/v2/models/sent/infer",
+        content=head + raw,
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
+    assert binary.status_code == 200 and binary.json()["outputs"][0]["data"] == [
+        p.label for p in want
+    ]
+
+    for body, message in [
+        (v2_request(["Z3JlYXQ="], content_type="np"), "content_type 'np'"),
+        (
+            {**v2_request(["x"]), "parameters": {"content_type": "pd"}},
+            "the request has content_type 'pd'",
+        ),
+        (v2_request(["x"], content_type=7), "content_type a int"),  # type: ignore[arg-type]
+        (v2_request(["not base64!"], content_type="base64"), "element 0 is not base64"),
+        (v2_request(["//79"], content_type="base64"), "not UTF-8 text once base64-decoded"),
+    ]:
+        assert message in error_of(
+            client.post("/v2/models/sent/infer", json=body), 400, "bad_request"
+        )
+
+
+def test_each_row_is_cut_at_its_own_tasks_length_over_rest(client, runtime) -> None:
+    body = {
+        "requests": [
+            {"task": "sent", "input": LONG_TEXT},
+            {"task": "old", "input": LONG_TEXT},
+            {"task": "nli", "input": [LONG_TEXT, "short"]},
+            {"task": "old", "input": " ".join(LONG_TEXT.split()[:40])},
+        ]
+    }
+    served = client.post("/v1/predict", json=body).json()["predictions"]
+    assert [p["truncated"] for p in served] == [True, True, True, False]
+    alone = runtime.predict("sent", [LONG_TEXT])[0]
+    assert served[0]["score"] == pytest.approx(alone.score, abs=1e-5)
