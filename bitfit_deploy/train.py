@@ -238,6 +238,7 @@ def train(
         architecture=encoder.config.model_type,
         bias_selection="none" if head_only else config.biases,
         max_length=max_length,
+        inputs="single" if data.train.pairs is None else "pair",
         metrics=result_metrics,
         training=training,
     )

@@ -170,6 +170,7 @@ def test_multi_label_and_regression_tasks(tiny_bert, tmp_path):
         32,
     )
     assert set(result.metrics) >= {"f1", "accuracy"}
+    assert result.delta.metadata.inputs == "single"  # the runtime refuses pairs for it
     reg = tmp_path / "r.tsv"
     reg.write_text(
         "sentence1\tsentence2\tscore\n" + "".join(f"a {i}\tb {i}\t{i % 5}.5\n" for i in range(16))
@@ -189,6 +190,7 @@ def test_multi_label_and_regression_tasks(tiny_bert, tmp_path):
         "spearman",
     }
     assert result.delta.metadata.training["columns"]["pair"] == "sentence2"
+    assert result.delta.metadata.inputs == "pair"
 
 
 def test_full_method_writes_a_model_folder(tiny_bert, toy, tmp_path):
