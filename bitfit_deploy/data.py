@@ -1,12 +1,12 @@
 """Training data: read a table (TSV/CSV/JSON/JSONL/Parquet/`datasets` folder) and turn it into a task.
 
 Every row taken is what the file says; anything else is an error naming the file, the line and
-what to do, or (with `drop_empty`) a counted drop that the split's `ReadReport` records. Reading
-and its checks live in `data_tables` (TSV is read with quoting off, CSV with quotes that may not
-run over lines unless `quoting="multiline"`), labels in `data_labels` (numeric spellings of one
-number are one label; regression targets must be finite). A file without a header is read when
-its columns are given by 0-based index (`--text-column 3 --label-column 1`). Labels become ids in
-a fixed order that is stored with the task, so that predictions map back to names.
+what to do, or (with `drop_empty`) a counted drop that the split's `ReadReport` records. Files
+are read and checked in `data_tables` and `data_text` (TSV with quoting off, CSV with quotes that
+may not run over lines unless `quoting="multiline"`), labels in `data_labels` (numeric spellings
+of one number are one label; regression targets must be finite). A file without a header is read
+when its columns are given by 0-based index (`--text-column 3 --label-column 1`). Labels become
+ids in a fixed order that is stored with the task, so that predictions map back to names.
 """
 
 from __future__ import annotations

@@ -158,6 +158,29 @@ def test_duplicate_header_names(tmp_path):
         read_file(write(tmp_path / "d.tsv", "text\tlabel\ttext\na\t1\tb\n"))
 
 
+def test_file_with_another_delimiter(tmp_path):
+    with pytest.raises(DataError, match=r"header \(line 1\) is one field, 'text;label': .* by ';'"):
+        read_file(write(tmp_path / "excel.csv", "text;label\na;1\nb;0\n"))
+    with pytest.raises(DataError, match=r"seems delimited by ',', not '\\t'"):
+        read_file(write(tmp_path / "comma.tsv", "text,label\na,1\n"))
+
+
+def test_long_fields_read_whole(tmp_path):
+    long = "word " * 40_000  # 200,000 characters: over the csv module's default field limit
+    tsv = write(tmp_path / "l.tsv", f"text\tlabel\n{long}\t1\n")
+    quoted = write(tmp_path / "l.csv", f'text,label\n"{long}",1\n')
+    assert read_file(tsv).rows[0]["text"] == long
+    assert read_file(quoted).rows[0]["text"] == long
+    assert csv.field_size_limit() == 131072  # the limit is lifted only while reading
+
+
+def test_duplicate_json_keys(tmp_path):
+    with pytest.raises(DataError, match=r"line 2 has the key 'text' twice"):
+        read_file(write(tmp_path / "d.jsonl", '{"text": "a"}\n{"text": "b", "text": "c"}\n'))
+    with pytest.raises(DataError, match=r"an object has the key 'label' twice"):
+        read_file(write(tmp_path / "d.json", '[{"text": "a", "label": 1, "label": 2}]'))
+
+
 def test_blank_lines_are_skipped_and_counted(tmp_path):
     table = read_file(write(tmp_path / "b.tsv", "text\tlabel\r\na\t1\r\n\r\nb\t0\r\n\r\n"))
     assert [r["text"] for r in table.rows] == ["a", "b"]
