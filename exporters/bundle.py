@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -38,6 +39,7 @@ from bitfit_deploy.modeling import (
 )
 
 DEFAULT_MAX_LENGTH = 256
+log = logging.getLogger("bitfit_deploy.export")
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -79,6 +81,7 @@ def export_bundle(
     _check_unique_names(deltas)
     baked = _baked_deltas(deltas, bake)
     max_length = _max_length(encoder, model_path, max_length)  # fail before the slow part
+    _warn_longer_tasks(deltas, max_length)
 
     with atomic_dir(output, force=force) as tmp:
         export_per_row_graph(encoder, pooling, bias_names, tmp / VARIANT_FILES["fp32"], opset)
@@ -180,6 +183,24 @@ def _save_tokenizer(model_path: str, bundle: Path) -> int:
     for extra in ("vocab.txt", "merges.txt", "vocab.json", "special_tokens_map.json"):
         (bundle / extra).unlink(missing_ok=True)
     return int(tokenizer.pad_token_id or 0)
+
+
+def _warn_longer_tasks(deltas: list[tuple[Path, TaskDelta]], max_length: int) -> None:
+    """Warn for each task trained on longer inputs than the bundle reads: they are cut shorter."""
+    for path, delta in deltas:
+        trained = delta.metadata.max_length
+        if trained > max_length:
+            log.warning(
+                "task %r (%s) was trained on inputs of up to %d tokens but the bundle reads at most "
+                "%d: longer inputs will be cut at %d, unlike in training. Pass --max-length %d to "
+                "export (if the model allows it).",
+                delta.metadata.task,
+                path,
+                trained,
+                max_length,
+                max_length,
+                trained,
+            )
 
 
 def _max_length(encoder, model_path: str, requested: int | None) -> int:

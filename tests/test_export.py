@@ -279,3 +279,20 @@ def test_packaged_minilm_bundle(tmp_path):
         assert (
             np.abs(got8[rows, : delta.num_labels] - want[rows]).max() <= 0.25 * np.abs(want).max()
         )
+
+
+def test_a_task_trained_longer_than_the_bundle_reads_is_warned_about(
+    tiny_models, deltas, tmp_path, caplog
+):
+    path, delta = deltas[1][0]
+    assert delta.metadata.max_length == 128
+    with caplog.at_level("WARNING", logger="bitfit_deploy.export"):
+        export_bundle(
+            tmp_path / "short", model=str(tiny_models("bert")), tasks=[path], max_length=64
+        )
+    assert "task 'task0'" in caplog.text and "up to 128 tokens" in caplog.text
+    assert "--max-length 128" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bitfit_deploy.export"):
+        export_bundle(tmp_path / "same", model=str(tiny_models("bert")), tasks=[path])
+    assert "trained on inputs" not in caplog.text
