@@ -251,7 +251,7 @@ class _Raw:
         """Each row's label names; labels merged from several spellings become report notes."""
         reader = LabelReader(problem_type, label_map, names)
         keys = reader.keys(self.labels, self.where, self.source)
-        self.report.notes.extend(reader.merged())
+        self.report.notes.extend(reader.notes())
         return keys
 
     def split(self, encoded: list[Any]) -> Split:
@@ -305,6 +305,7 @@ def _extract(table: Table, cols: dict[str, str | None], drop_empty: bool) -> _Ra
         table.blank_lines,
         table.multiline_rows,
         {why: [table.where(i) for i in idx] for why, idx in empty.items()},
+        list(table.notes),
     )
     return _Raw(
         [str(r[cols["text"]]) for r in rows],

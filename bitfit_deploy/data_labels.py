@@ -119,13 +119,23 @@ class LabelReader:
             )
         return out
 
-    def merged(self) -> list[str]:
-        """Notes on labels written in several numeric spellings (read as one label each)."""
-        return [
+    def notes(self) -> list[str]:
+        """Notes on labels written in several numeric spellings, or differing only in case."""
+        notes = [
             f"label {key} is written as {', '.join(sorted(spelled))}; read as one label"
             for key, spelled in sorted(self.spellings.items())
             if len(spelled) > 1
         ]
+        by_case: dict[str, list[str]] = {}
+        for key in sorted(self.spellings):
+            by_case.setdefault(key.casefold(), []).append(key)
+        notes.extend(
+            f"labels {', '.join(map(repr, keys))} differ only in case and are read as "
+            f"{len(keys)} labels; write them one way if they are one"
+            for keys in by_case.values()
+            if len(keys) > 1
+        )
+        return notes
 
 
 def order_labels(keys: set[str], given: Sequence[str] | None, source: str) -> list[str]:

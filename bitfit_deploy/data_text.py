@@ -12,8 +12,9 @@ import contextlib
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bitfit_deploy.errors import DataError
@@ -22,6 +23,7 @@ QUOTING = ("none", "csv", "multiline")
 """How `"` is read in TSV/CSV: none (a plain character), csv (a field may be quoted, on one line)
 and multiline (a quoted field may also hold line breaks)."""
 SHOWN = 5
+_CSV_QUOTED = re.compile(r'"(?:[^"]|"")*"', re.DOTALL)
 """How many offending lines an error lists before it gives only their count."""
 
 
@@ -39,6 +41,8 @@ class Table:
     blank_lines: int = 0
     multiline_rows: int = 0
     """Rows whose quoted fields run over several lines (read with quoting multiline)."""
+    notes: list[str] = field(default_factory=list)
+    """What was read as written but may not be what was meant (fields that look CSV-quoted)."""
 
     def where(self, i: int) -> str:
         """Where row `i` (0-based) is in the file: "line 7" or, without lines, "row 6"."""
@@ -91,6 +95,12 @@ def read_delimited(text: str, source: str, delimiter: str, quoting: str, header:
         names = records[0][2]
         _check_header(names, source, records[0][0], delimiter)
         body = records[1:]
+        repeats = [f"line {a}" for a, _, fields in body if fields == names]
+        if repeats:
+            raise DataError(
+                f"{source}: {listing(repeats)} repeat{'s' * (len(repeats) == 1)} the header (were "
+                "files joined together?); remove the repeated header lines."
+            )
     else:
         names = [str(i) for i in range(len(records[0][2]))]
         body = records
@@ -104,7 +114,25 @@ def read_delimited(text: str, source: str, delimiter: str, quoting: str, header:
         header_lines=records[0][1] if header else 0,
         blank_lines=blank,
         multiline_rows=len(spans),
+        notes=_quoted_note(body) if quoting == "none" else [],
     )
+
+
+def _quoted_note(body: list[tuple[int, int, list[str]]]) -> list[str]:
+    """A note when fields read with quoting off look like CSV-quoted ones ("a ""b"" c")."""
+    lines = [a for a, _, fields in body for f in fields if _looks_quoted(f)]
+    if not lines:
+        return []
+    return [
+        f"{len(lines):,} field{'s look' if len(lines) > 1 else ' looks'} quoted as in CSV "
+        f'("..."" ...", first on line {lines[0]}) and {"are" if len(lines) > 1 else "is"} read '
+        "as written, quotes included; if the file was saved with quotes, pass --quoting csv "
+        "(or multiline)"
+    ]
+
+
+def _looks_quoted(field: str) -> bool:
+    return len(field) > 3 and bool(_CSV_QUOTED.fullmatch(field)) and '""' in field[1:-1]
 
 
 def _csv_error(
@@ -215,7 +243,8 @@ def _check_widths(
     else:
         cause = (
             "a field is missing, or a line break inside a text split the row. Fill the missing "
-            "fields, or join the split lines."
+            "fields, or join the split lines (if texts with line breaks are quoted, pass "
+            "--quoting multiline)."
         )
     raise DataError(
         f"{source}: line {line} has {len(fields)} field{'s' * (len(fields) != 1)}, {reference}"

@@ -44,6 +44,16 @@ def test_spellings_across_types_and_files(tmp_path):
     assert data.eval.report.notes == []  # each label written one way within the dev file
 
 
+def test_labels_that_differ_only_in_case_get_a_note(tmp_path):
+    path = write(tmp_path / "c.tsv", "text\tlabel\na\tPositive\nb\tpositive\nc\tnegative\n")
+    data = load_task_data(path)
+    assert data.labels == ["Positive", "negative", "positive"]
+    assert data.train.report.notes == [
+        "labels 'Positive', 'positive' differ only in case and are read as 2 labels; write them "
+        "one way if they are one"
+    ]
+
+
 def test_multi_label_spellings(tmp_path):
     path = write(
         tmp_path / "m.jsonl",

@@ -181,6 +181,26 @@ def test_duplicate_json_keys(tmp_path):
         read_file(write(tmp_path / "d.json", '[{"text": "a", "label": 1, "label": 2}]'))
 
 
+def test_repeated_header_from_joined_files(tmp_path):
+    path = write(tmp_path / "j.tsv", "text\tlabel\na\t1\ntext\tlabel\nb\t0\n")
+    with pytest.raises(DataError, match=r"line 3 repeats the header \(were files joined"):
+        read_file(path)
+
+
+def test_tsv_saved_with_csv_quotes_gets_a_note(tmp_path):
+    # Spreadsheets save a text holding " as "he said ""hi""": read as written, with a note.
+    path = write(tmp_path / "x.tsv", 'text\tlabel\n"he said ""hi"""\t1\nplain "quote"\t0\n')
+    table = read_file(path)
+    assert table.rows[0]["text"] == '"he said ""hi"""'
+    assert table.notes == [
+        '1 field looks quoted as in CSV ("..."" ...", first on line 2) and is read as written, '
+        "quotes included; if the file was saved with quotes, pass --quoting csv (or multiline)"
+    ]
+    assert read_file(path, quoting="csv").rows[0]["text"] == 'he said "hi"'
+    with pytest.raises(DataError, match=r"split the row.*pass --quoting multiline"):
+        read_file(write(tmp_path / "m.tsv", 'text\tlabel\n"two\nlines"\t1\n'))
+
+
 def test_blank_lines_are_skipped_and_counted(tmp_path):
     table = read_file(write(tmp_path / "b.tsv", "text\tlabel\r\na\t1\r\n\r\nb\t0\r\n\r\n"))
     assert [r["text"] for r in table.rows] == ["a", "b"]
