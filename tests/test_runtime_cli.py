@@ -20,9 +20,12 @@ def setup(tiny_bert, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("cli")
     export_bundle(root / "b", model=str(tiny_bert))
-    delta = save_delta(
-        synthetic_delta(read_manifest(root / "b"), "mood", seed=3), root / "mood.safetensors"
-    )
+    manifest = read_manifest(root / "b")
+    delta = save_delta(synthetic_delta(manifest, "mood", seed=3), root / "mood.safetensors")
+    for name, inputs in (("single", "single"), ("pair", "pair")):
+        task = synthetic_delta(manifest, name, seed=4)
+        task.metadata.inputs = inputs
+        save_delta(task, root / f"{name}.safetensors")
     return root / "b", delta
 
 
@@ -30,33 +33,111 @@ def _lines(output):
     return [json.loads(line) for line in output.strip().splitlines()]
 
 
-def test_predict_texts_and_input_file(setup, tmp_path):
+def predict(setup, task, *args):
+    """Run `predict` for `task` (loaded from its delta file); return the result."""
     bundle, delta = setup
-    (tmp_path / "in.txt").write_text(f"first line\n\nthe premise\tthe hypothesis\n{LONG_TEXT}\n")
-    result = CliRunner().invoke(
-        cli,
-        [
-            "predict",
-            "--bundle",
-            str(bundle),
-            "--task",
-            "mood",
-            "--delta",
-            str(delta),
-            "--input",
-            str(tmp_path / "in.txt"),
-            "an argument",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    rows = _lines(result.output)
+    path = delta.parent / f"{task}.safetensors"
+    command = ["predict", "--bundle", str(bundle), "--task", task, "--delta", str(path), *args]
+    return CliRunner().invoke(cli, command)
+
+
+def runtime_for(setup, task):
+    bundle, delta = setup
     rt = Runtime(bundle)
-    rt.load_task(delta)
-    want = rt.predict(
-        "mood", ["an argument", "first line", ("the premise", "the hypothesis"), LONG_TEXT]
+    rt.load_task(delta.parent / f"{task}.safetensors")
+    return rt
+
+
+def test_predict_texts_and_input_file(setup, tmp_path):
+    (tmp_path / "in.txt").write_text(f"first line\nthe premise\tthe hypothesis\n{LONG_TEXT}\n")
+    result = predict(setup, "mood", "--input", str(tmp_path / "in.txt"), "an argument")
+    assert result.exit_code == 0, result.output
+    rows = _lines(result.stdout)
+    want = runtime_for(setup, "mood").predict(
+        "mood", ["an argument", "first line", "the premise\tthe hypothesis", LONG_TEXT]
     )
     assert rows == [p.to_dict() for p in want]
     assert [r["truncated"] for r in rows] == [False, False, False, True]
+
+
+def test_output_line_n_answers_input_line_n_and_a_tab_is_text_for_a_single_text_task(
+    setup, tmp_path
+):
+    lines = [
+        b"first line",
+        b"",
+        b"tab\tinside",
+        b"   ",
+        b"caf\xe9 in latin-1",
+        "form\x0cfeed and\u2028line separator".encode(),
+        b"windows line\r",
+        LONG_TEXT.encode(),
+    ]
+    (tmp_path / "in.txt").write_bytes(b"\n".join(lines))  # no final newline
+    result = predict(setup, "single", "--input", str(tmp_path / "in.txt"), "an argument")
+    rows = _lines(result.stdout)
+    assert len(rows) == 1 + len(lines)
+    errors = {i: r for i, r in enumerate(rows) if "error" in r}
+    assert {i: (r.get("line"), r["error"]) for i, r in errors.items()} == {
+        2: (2, "invalid_input"),
+        4: (4, "invalid_input"),
+        5: (5, "invalid_input"),
+    }
+    assert "line 2 is empty" in errors[2]["detail"] and "not UTF-8" in errors[5]["detail"]
+    texts = [
+        "an argument",
+        "first line",
+        "tab\tinside",
+        lines[5].decode(),
+        "windows line",
+        LONG_TEXT,
+    ]
+    want = runtime_for(setup, "single").predict("single", texts)
+    assert [r for r in rows if "error" not in r] == [p.to_dict() for p in want]
+    assert result.exit_code == 1 and "3 of 9 inputs could not be predicted" in result.stderr
+
+
+def test_a_pair_task_reads_text_tab_text_pair_and_refuses_a_line_without_a_tab(setup, tmp_path):
+    (tmp_path / "in.txt").write_text("a premise\ta hypothesis\nno tab here\na\tb\tc\n")
+    result = predict(setup, "pair", "--input", str(tmp_path / "in.txt"), "an argument")
+    rows = _lines(result.stdout)
+    assert rows[0] == {"argument": 1, "error": "invalid_input", "detail": rows[0]["detail"]}
+    assert "has no tab" in rows[0]["detail"] and rows[2]["line"] == 2
+    want = runtime_for(setup, "pair").predict(
+        "pair", [("a premise", "a hypothesis"), ("a", "b\tc")]
+    )
+    assert [rows[1], rows[3]] == [p.to_dict() for p in want]
+    assert result.exit_code == 1
+
+
+def test_jsonl_input_gives_pairs_by_field_and_keeps_the_line_mapping(setup, tmp_path):
+    lines = [
+        {"text": "a premise", "text_pair": "a hypothesis"},
+        "just one text",
+        "{not json",
+        {"text": 3},
+        "",
+        {"text": "x", "text_pair": None},
+        {"text": "y", "text_pair": ["z"]},
+    ]
+    body = "\n".join(x if x in ("{not json", "") else json.dumps(x) for x in lines)
+    (tmp_path / "in.jsonl").write_text(body + "\n")
+    rows = _lines(predict(setup, "pair", "--input", str(tmp_path / "in.jsonl")).stdout)
+    assert [("error" in r) for r in rows] == [False, True, True, True, True, True, True]
+    details = [r.get("detail", "") for r in rows]
+    assert "input 2 for task 'pair' is one text" in details[1]
+    assert "line 3 is not JSON" in details[2] and "must be a JSON object" in details[3]
+    assert "line 5 is empty" in details[4] and "'text_pair' that is not a string" in details[6]
+    want = runtime_for(setup, "pair").predict("pair", [("a premise", "a hypothesis")])
+    assert rows[0] == want[0].to_dict()
+
+    (tmp_path / "one.txt").write_text(json.dumps(lines[0]) + "\n")
+    single = predict(
+        setup, "single", "--input", str(tmp_path / "one.txt"), "--input-format", "jsonl"
+    )
+    assert (
+        "is a pair, but the task was trained on single texts" in _lines(single.stdout)[0]["detail"]
+    )
 
 
 def test_predict_errors_are_messages(setup):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import BinaryIO
 
 import click
 
@@ -25,42 +26,75 @@ from bitfit_deploy.commands._options import runtime_options
 @click.option(
     "--input",
     "input_file",
-    type=click.File("r", encoding="utf-8"),
+    type=click.File("rb"),
     default=None,
-    help="File with one input per line; a tab separates a text pair ('-' for stdin).",
+    help="File with one input per line ('-' for stdin); for a pair task a tab separates "
+    "text and text_pair. Output line N answers input line N.",
+)
+@click.option(
+    "--input-format",
+    type=click.Choice(["auto", "text", "jsonl"]),
+    default="auto",
+    show_default=True,
+    help='Lines of text, or JSON lines {"text": ..., "text_pair": ...}; auto: jsonl for a '
+    ".jsonl file.",
 )
 @click.argument("texts", nargs=-1)
 def command(
     bundle: Path,
     task: str,
     deltas: tuple[Path, ...],
-    input_file,
+    input_file: BinaryIO | None,
+    input_format: str,
     variant: str,
     provider: str,
     threads: int | None,
     texts: tuple[str, ...],
 ) -> None:
-    """Predict TASK for each TEXT (and each line of --input); print JSON lines in input order."""
-    from bitfit_deploy.errors import InvalidInputError
+    """Predict TASK for each TEXT, then each line of --input; print one JSON line per input.
+
+    An input that cannot be predicted (an empty line, one text for a pair task, ...) gets an
+    error line {"line": N, "error": ..., "detail": ...} in its place, and the exit status is 1.
+    """
+    from bitfit_deploy.commands._inputs import Row, read_rows, split_lines, text_row
+    from bitfit_deploy.errors import InvalidInputError, TaskNotFoundError
     from bitfit_deploy.runtime import Runtime
 
-    inputs: list[str | tuple[str, str]] = list(texts)
-    if input_file is not None:
-        inputs += [_parse_line(line) for line in input_file.read().splitlines() if line.strip()]
-    if not inputs:
+    lines = split_lines(input_file.read()) if input_file is not None else []
+    if not texts and not lines:
         raise InvalidInputError(
             "nothing to predict: give TEXT arguments or --input FILE (one input per line)."
         )
     runtime = Runtime(bundle, provider=provider, threads=threads, variant=variant)
     for delta in deltas:
         runtime.load_task(delta, replace=True)
-    for prediction in runtime.predict(task, inputs):
-        click.echo(json.dumps(prediction.to_dict(), ensure_ascii=False))
-
-
-def _parse_line(line: str) -> str | tuple[str, str]:
-    """A line is one text, or a text pair separated by the first tab."""
-    if "\t" in line:
-        text, pair = line.split("\t", 1)
-        return (text, pair)
-    return line
+    info = runtime.tasks.get(task)
+    if info is None:
+        loaded = ", ".join(sorted(runtime.tasks)) or "none"
+        raise TaskNotFoundError(
+            f"task {task!r} is not loaded (loaded: {loaded}); pass --delta FILE to load it."
+        )
+    if input_format == "auto":
+        name = getattr(input_file, "name", "")
+        input_format = "jsonl" if isinstance(name, str) and name.endswith(".jsonl") else "text"
+    rows = [text_row("argument", i, t, info.inputs) for i, t in enumerate(texts, 1)]
+    rows += read_rows(lines, input_format, info.inputs)
+    checked = []
+    for i, row in enumerate(rows):
+        if row.error is None:
+            try:
+                runtime.validate_input(task, row.item, row.number)
+            except InvalidInputError as exc:
+                rows[i] = Row(row.source, row.number, None, str(exc))
+                continue
+            checked.append(i)
+    predictions = runtime.predict(task, [rows[i].item for i in checked]) if checked else []
+    answers = dict(zip(checked, predictions, strict=True))
+    for i, row in enumerate(rows):
+        out = answers[i].to_dict() if i in answers else row.error_dict()
+        click.echo(json.dumps(out, ensure_ascii=False))
+    failed = len(rows) - len(checked)
+    if failed:
+        raise click.ClickException(
+            f"{failed} of {len(rows)} inputs could not be predicted; see their error lines."
+        )

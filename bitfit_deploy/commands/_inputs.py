@@ -1,0 +1,101 @@
+"""Reading `predict` inputs so that output line N answers input N, whatever the line holds.
+
+Lines are split at "\\n" only (a "\\r" before it is dropped), so a form feed or U+2028 inside a
+text never adds a line. A text line is one input; for a task trained on pairs it is
+`text<TAB>text_pair`, split at the first tab, and for any other task a tab is just text. A JSONL
+line is `{"text": ..., "text_pair": ...}` (`text_pair` optional) or a JSON string. A line that
+cannot be an input (empty, not UTF-8, not JSON, no tab for a pair task) becomes a `Row` with an
+error instead, and keeps its place.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from bitfit_deploy.runtime.tokenize import TextInput
+
+FORMATS = ("auto", "text", "jsonl")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input: where it came from ("line" or "argument", 1-based), and the input or an error."""
+
+    source: str
+    number: int
+    item: TextInput | None
+    error: str | None = None
+
+    def error_dict(self) -> dict[str, object]:
+        """The JSON line printed in this input's place when it cannot be predicted."""
+        return {self.source: self.number, "error": "invalid_input", "detail": self.error}
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """The lines of a file as `wc -l` counts them (plus an unterminated last one)."""
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return [line.removesuffix(b"\r") for line in lines]
+
+
+def read_rows(lines: list[bytes], fmt: str, inputs: str) -> list[Row]:
+    """One Row per line, read as `fmt` ("text" or "jsonl") for a task whose inputs are `inputs`."""
+    rows = []
+    for number, raw in enumerate(lines, 1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            rows.append(
+                _bad("line", number, f"is not UTF-8 (byte {exc.start}); save the file as UTF-8")
+            )
+            continue
+        if number == 1:
+            text = text.removeprefix("\ufeff")
+        if fmt == "jsonl":
+            rows.append(_jsonl_row(text, number))
+        else:
+            rows.append(text_row("line", number, text, inputs))
+    return rows
+
+
+def text_row(source: str, number: int, text: str, inputs: str) -> Row:
+    """A text input: `text<TAB>text_pair` for a pair task, else the whole text."""
+    if not text.strip():
+        return _bad(source, number, "is empty; there is no text to predict")
+    if inputs != "pair":
+        return Row(source, number, text)
+    if "\t" not in text:
+        return _bad(
+            source,
+            number,
+            "has no tab, but the task takes (text, text_pair) pairs: write text<TAB>text_pair, "
+            "or use JSONL with 'text' and 'text_pair' fields",
+        )
+    first, second = text.split("\t", 1)
+    return Row(source, number, (first, second))
+
+
+def _jsonl_row(text: str, number: int) -> Row:
+    if not text.strip():
+        return _bad("line", number, "is empty; there is no text to predict")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return _bad("line", number, f"is not JSON ({exc})")
+    if isinstance(value, str):
+        return Row("line", number, value)
+    shape = 'a JSON object {"text": ..., "text_pair": ...} (text_pair optional) or a JSON string'
+    if not isinstance(value, dict) or not isinstance(value.get("text"), str):
+        return _bad("line", number, f"must be {shape}")
+    pair = value.get("text_pair")
+    if pair is None:
+        return Row("line", number, value["text"])
+    if not isinstance(pair, str):
+        return _bad("line", number, f"has a 'text_pair' that is not a string; it must be {shape}")
+    return Row("line", number, (value["text"], pair))
+
+
+def _bad(source: str, number: int, why: str) -> Row:
+    return Row(source, number, None, f"{source} {number} {why}.")
