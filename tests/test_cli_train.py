@@ -105,6 +105,7 @@ def test_train_inspect_merge(tiny_bert, toy_tsv, tmp_path):
         "bias selection  paper",
         "pooling         mean",
         "labels          0, 1",
+        "inputs          one text",
         delta.metadata.base_fingerprint[:19],
         "eval metrics    loss",
     ):

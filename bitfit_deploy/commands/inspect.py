@@ -72,6 +72,8 @@ def describe(info: dict[str, Any]) -> str:
     row("labels", ", ".join(map(str, labels)) if isinstance(labels, list) else labels)
     row("pooling", info.get("pooling"))
     row("max length", info.get("max_length"))
+    if "inputs" in info:
+        row("inputs", {"single": "one text", "pair": "text pairs"}.get(info["inputs"], "either"))
     row("base model", f"{info.get('base_model')} ({info.get('architecture')})")
     row("fingerprint", short(str(info.get("base_fingerprint", ""))))
     row("bias selection", info.get("bias_selection"))
