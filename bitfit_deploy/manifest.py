@@ -1,6 +1,7 @@
 """The export bundle's layout and `manifest.json`: one source of truth for exporter and runtime.
 
-A bundle folder holds `model.onnx` (and `model.int8.onnx`), the tokenizer, `base.safetensors`
+A bundle folder holds `model.onnx` (and `model.int8.onnx`), each with its weights beside it in
+`<graph>.data` (ONNX external data), the tokenizer, `base.safetensors`
 (the base model's bias vectors, to which task deltas are added), `manifest.json`, and `tasks/`.
 """
 
@@ -59,14 +60,26 @@ class Manifest:
     """Relative paths of the task deltas shipped in `tasks/`."""
     baked: dict[str, str] = field(default_factory=dict)
     """Task name -> relative path of its baked single-task graph."""
+    weights: dict[str, str] = field(default_factory=dict)
+    """Variant -> relative path of its graph's external weights file (ONNX external data), if any."""
     created: str = ""
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     tool_version: str = __version__
 
+    def variant_files(self, variant: str) -> list[str]:
+        """The graph of `variant` and its external weights file, if it has one."""
+        weights = self.weights.get(variant)
+        return [self.variants[variant], *([weights] if weights else [])]
+
     def runtime_files(self, variant: str, tasks: bool = True) -> list[str]:
-        """The files a runtime of `variant` loads (graph, tokenizer, base biases, shipped tasks)."""
-        return [self.variants[variant], TOKENIZER_FILE, BASE_FILE, *(self.tasks if tasks else [])]
+        """The files a runtime of `variant` loads (graph, weights, tokenizer, base, shipped tasks)."""
+        return [
+            *self.variant_files(variant),
+            TOKENIZER_FILE,
+            BASE_FILE,
+            *(self.tasks if tasks else []),
+        ]
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"

@@ -18,7 +18,7 @@ from bitfit_deploy.manifest import read_manifest
 from bitfit_deploy.runtime import Runtime
 
 TASK = "tasks/mood.safetensors"
-FP32 = ["model.onnx", "tokenizer.json", "base.safetensors", TASK]
+FP32 = ["model.onnx", "model.onnx.data", "tokenizer.json", "base.safetensors", TASK]
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,16 @@ def _rewrite_same_size(path, keep_mtime: bool = True) -> None:
     assert not keep_mtime or after.st_mtime_ns == before.st_mtime_ns
 
 
+def test_graph_weights_live_beside_the_graph_and_are_checked_with_it(bundle):
+    manifest = read_manifest(bundle, verify=False)
+    assert manifest.weights == {"fp32": "model.onnx.data", "int8": "model.int8.onnx.data"}
+    assert (bundle / "model.onnx.data").stat().st_size > 10 * (bundle / "model.onnx").stat().st_size
+    _rewrite_same_size(bundle / "model.onnx.data")
+    assert Runtime(bundle, threads=1, variant="int8").predict("mood", SENTENCES[:1])
+    with pytest.raises(BundleError, match=r"model\.onnx\.data does not match"):
+        Runtime(bundle, threads=1)
+
+
 def test_fp32_opens_despite_a_corrupt_int8_graph_and_int8_is_refused(bundle):
     _rewrite_same_size(bundle / "model.int8.onnx")
     rt = Runtime(bundle, threads=1)
@@ -70,13 +80,13 @@ def test_only_loaded_files_are_hashed_and_markers_skip_them_next_time(bundle):
     manifest = read_manifest(bundle, verify=False)
     assert verify_bundle(bundle, manifest, "fp32") == FP32
     assert verify_bundle(bundle, manifest, "fp32") == []
-    assert verify_bundle(bundle, manifest, "int8") == ["model.int8.onnx"]
+    assert verify_bundle(bundle, manifest, "int8") == ["model.int8.onnx", "model.int8.onnx.data"]
     assert verify_bundle(bundle, manifest, "fp32", tasks=False) == []
     assert verify_bundle(bundle, manifest, "fp32", verify="loaded") == FP32
     assert sorted(verify_bundle(bundle, manifest, "fp32", verify="full")) == sorted(manifest.files)
 
 
-@pytest.mark.parametrize("name", ["model.onnx", "tokenizer.json", "base.safetensors", TASK])
+@pytest.mark.parametrize("name", FP32)
 def test_same_size_rewrite_with_mtime_put_back_is_caught_after_a_marker(bundle, name):
     Runtime(bundle, threads=1)  # writes the markers
     assert verify_bundle(bundle, read_manifest(bundle, verify=False), "fp32") == []
