@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from bitfit_deploy._io import atomic_dir
+from bitfit_deploy._io import _umask_mode, atomic_dir
 from bitfit_deploy.contract import HEAD_KEYS, graph_bias_names
 from bitfit_deploy.delta import TaskDelta, check_delta_fits, load_delta
 from bitfit_deploy.errors import ExportOptionError, IncompatibleTaskError
@@ -122,6 +122,9 @@ def export_bundle(
             weights=weights,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
+        for path in tmp.rglob("*"):  # safetensors and ONNX external data create files 0600
+            if path.is_file():
+                path.chmod(_umask_mode(0o666))
         write_manifest(tmp, manifest)
     return manifest
 

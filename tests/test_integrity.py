@@ -60,6 +60,10 @@ def test_graph_weights_live_beside_the_graph_and_are_checked_with_it(bundle):
     manifest = read_manifest(bundle, verify=False)
     assert manifest.weights == {"fp32": "model.onnx.data", "int8": "model.int8.onnx.data"}
     assert (bundle / "model.onnx.data").stat().st_size > 10 * (bundle / "model.onnx").stat().st_size
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.onnx.data", "base.safetensors"):  # their writers create files 0600
+        assert (bundle / name).stat().st_mode & 0o777 == 0o666 & ~umask
     _rewrite_same_size(bundle / "model.onnx.data")
     assert Runtime(bundle, threads=1, variant="int8").predict("mood", SENTENCES[:1])
     with pytest.raises(BundleError, match=r"model\.onnx\.data does not match"):
