@@ -1,0 +1,53 @@
+"""What every benchmark prints beside its figures: the CPU, and ratios from interleaved pairs.
+
+Shared machines are noisy: one pair of timings can be off by 15%. A ratio is therefore the
+median of per-repetition ratios (A and B timed back to back, order alternating), with its
+spread (10th-90th percentile), never a ratio of two separate medians.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def cpu_description() -> str:
+    """'Intel(R) Xeon(R) ..., 2 cores, int8 dot product: avx512_vnni, amx_int8' (Linux; best effort)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in (
+                "",
+                platform.machine(),
+                platform.processor(),
+            ):
+                model = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags.update(value.split())
+    except OSError:
+        pass
+    dot = ", ".join(f for f in INT8_DOT_FLAGS if f in flags) or "none"
+    return f"{model}, {os.cpu_count()} cores, int8 dot-product instructions: {dot}"
+
+
+def paired_ratio(
+    numerator: Sequence[float], denominator: Sequence[float]
+) -> tuple[float, float, float]:
+    """(median, p10, p90) of numerator[i] / denominator[i] over interleaved repetitions i."""
+    ratios = sorted(n / d for n, d in zip(numerator, denominator, strict=True))
+    if len(ratios) == 1:
+        return ratios[0], ratios[0], ratios[0]
+    deciles = statistics.quantiles(ratios, n=10, method="inclusive")
+    return statistics.median(ratios), deciles[0], deciles[-1]
+
+
+def format_ratio(ratio: tuple[float, float, float], unit: str = "x") -> str:
+    """'1.92x (p10-p90 1.85-2.01)'."""
+    mid, lo, hi = ratio
+    return f"{mid:.2f}{unit} (p10-p90 {lo:.2f}-{hi:.2f})"
