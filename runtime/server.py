@@ -12,15 +12,16 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -41,11 +42,19 @@ from bitfit_deploy.runtime import oip
 from bitfit_deploy.runtime.batcher import Batcher, BatcherClosedError
 from bitfit_deploy.runtime.json_body import read_json
 from bitfit_deploy.runtime.metrics import CONTENT_TYPE, UNKNOWN_TASK, ServerMetrics
+from bitfit_deploy.runtime.repository import repository_routes
 from bitfit_deploy.runtime.runtime import Runtime
+from bitfit_deploy.runtime.store import (
+    TASK_NAME,
+    MemoryTasks,
+    StoreConflictError,
+    StoreSync,
+    TaskAdmin,
+    TaskStoreError,
+    follow,
+)
 
 log = logging.getLogger("bitfit_deploy.server")
-
-_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,8 @@ class Limits:
     """Characters per text (each side of a pair)."""
     drain_timeout_s: float = 30.0
     """On shutdown, how long queued requests may still run."""
+    body_timeout_s: float = 30.0
+    """How long a request body may take to arrive after its headers (then 408)."""
 
 
 class HTTPError(Exception):
@@ -81,6 +92,8 @@ _STATUSES: list[tuple[type[BaseException], int, str]] = [
     (IncompatibleTaskError, 422, "incompatible_task"),
     (InvalidInputError, 422, "invalid_input"),
     (BatcherClosedError, 503, "shutting_down"),
+    (StoreConflictError, 409, "store_conflict"),
+    (TaskStoreError, 500, "store_error"),
 ]
 
 
@@ -112,10 +125,17 @@ class _Server:
         max_delay_ms: float,
         admin_token: str | None,
         limits: Limits,
+        admin: TaskAdmin | None = None,
     ) -> None:
         self.runtime = runtime
         self.limits = limits
         self.admin_token = admin_token or None
+        self.admin: TaskAdmin = admin or MemoryTasks(runtime)
+        self.draining = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The event loop serving the app, once its lifespan started."""
+        self._reading: set[anyio.CancelScope] = set()
+        """Body reads in progress, cut by `drain`."""
         self.metrics = ServerMetrics(lambda: len(runtime.tasks))
         self.batcher = Batcher(
             runtime.predict_mixed,
@@ -127,7 +147,8 @@ class _Server:
 
     # ------------------------------------------------------------------ REST
     async def list_tasks(self, request: Request) -> Response:
-        return JSONResponse({"tasks": [i.to_dict() for i in self.runtime.tasks.values()]})
+        tasks = [i.to_dict() for i in self.runtime.tasks.values()]
+        return JSONResponse({"tasks": tasks, "store": self.admin.describe()})
 
     async def get_task(self, request: Request) -> Response:
         return JSONResponse(self._info(request.path_params["task"]).to_dict())
@@ -173,13 +194,12 @@ class _Server:
     async def put_task(self, request: Request) -> Response:
         self._authorize(request)
         name = request.path_params["task"]
-        if not _TASK_NAME.match(name):
+        if not TASK_NAME.match(name):
             raise InvalidInputError(
                 f"task name {name!r} must be 1-128 letters, digits, '.', '_' or '-'."
             )
         data = await self._body(request, self.limits.max_delta_bytes)
-        existed = name in self.runtime.tasks
-        await self.batcher.call(self.runtime.load_task_bytes, data, name, True)
+        existed = await self.batcher.call(self.admin.put, name, data)
         log.info("%s task %s", "replaced" if existed else "loaded", name)
         body = {"task": self._info(name).to_dict(), "replaced": existed}
         return JSONResponse(body, status_code=200 if existed else 201)
@@ -187,7 +207,7 @@ class _Server:
     async def delete_task(self, request: Request) -> Response:
         self._authorize(request)
         name = request.path_params["task"]
-        await self.batcher.call(self.runtime.unload_task, name)
+        await self.batcher.call(self.admin.delete, name)
         log.info("unloaded task %s", name)
         return JSONResponse({"unloaded": name})
 
@@ -283,14 +303,47 @@ class _Server:
                 413, "body_too_large", f"the body of {declared} bytes exceeds the limit of {limit}."
             )
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
+        with anyio.CancelScope(deadline=anyio.current_time() + self.limits.body_timeout_s) as scope:
+            self._reading.add(scope)
+            try:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise HTTPError(
+                            413, "body_too_large", f"the body exceeds the limit of {limit} bytes."
+                        )
+                    chunks.append(chunk)
+            finally:
+                self._reading.discard(scope)
+        if scope.cancelled_caught:  # its deadline passed, or `drain` cut it
+            if self.draining:
                 raise HTTPError(
-                    413, "body_too_large", f"the body exceeds the limit of {limit} bytes."
+                    503,
+                    "shutting_down",
+                    "the server is shutting down and its request body had not arrived; retry.",
+                    {"Connection": "close"},
                 )
-            chunks.append(chunk)
+            raise HTTPError(
+                408,
+                "body_timeout",
+                f"the request body did not arrive within {self.limits.body_timeout_s:g} s of "
+                "its headers; send the whole body at once.",
+                {"Connection": "close"},
+            )
         return b"".join(chunks)
+
+    def drain(self) -> None:
+        """Shutdown begins: cut bodies still arriving (503), so stalled clients hold nothing up.
+
+        Safe from any thread and from a signal handler (the serve command calls it on SIGTERM).
+        """
+        self.draining = True
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._cut_reads)
+
+    def _cut_reads(self) -> None:
+        for scope in list(self._reading):
+            scope.cancel()
 
     async def _json(self, request: Request) -> dict[str, Any]:
         data = read_json(await self._body(request, self.limits.max_body_bytes))
@@ -346,9 +399,14 @@ def create_app(
     max_delay_ms: float = 5.0,
     admin_token: str | None = None,
     limits: Limits | None = None,
+    admin: TaskAdmin | None = None,
 ) -> Starlette:
-    """A Starlette app serving `runtime`; its lifespan starts and drains the batcher."""
-    server = _Server(runtime, max_batch_size, max_delay_ms, admin_token, limits or Limits())
+    """A Starlette app serving `runtime`; its lifespan starts and drains the batcher.
+
+    `admin` keeps the admin routes' changes: a `StoreSync` (the task store, followed every
+    `poll_s` seconds while the app runs) or, by default, this process's memory.
+    """
+    server = _Server(runtime, max_batch_size, max_delay_ms, admin_token, limits or Limits(), admin)
     s = server
     routes = [
         s.route("/v1/tasks", s.list_tasks, "tasks", ["GET"]),
@@ -369,14 +427,23 @@ def create_app(
         s.route("/v2/models/{task}/infer", s.v2_infer, "infer", ["POST"]),
         s.route("/v2/models/{task}/versions/{version}/infer", s.v2_infer, "infer", ["POST"]),
         s.route("/metrics", s.metrics_text, "metrics", ["GET"]),
+        *repository_routes(s.route, s.admin, s._authorize, s._body, s.batcher.call),
     ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        server.loop = asyncio.get_running_loop()
         await server.batcher.start()
+        poller = None
+        if isinstance(server.admin, StoreSync):
+            poller = asyncio.create_task(follow(server.admin, server.batcher.call))
         try:
             yield
         finally:
+            server.drain()
+            if poller is not None:
+                poller.cancel()
+                await asyncio.gather(poller, return_exceptions=True)
             await server.batcher.stop(timeout=server.limits.drain_timeout_s)
 
     async def http_error(request: Request, exc: Exception) -> Response:

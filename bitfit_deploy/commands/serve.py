@@ -1,9 +1,13 @@
-"""`bitfit-deploy serve`: an HTTP server with dynamic mixed-task batching over one bundle."""
+"""`bitfit-deploy serve`: an HTTP server with dynamic mixed-task batching over one bundle.
+
+One process under uvicorn, or (`--ray`) the same app as replicas of a Ray Serve deployment.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -26,7 +30,15 @@ from bitfit_deploy.commands._options import runtime_options
     "--tasks-dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="Serve every *.safetensors delta in this folder too.",
+    help="The task store: serve every NAME.safetensors in it, write PUT/DELETE to it, and follow "
+    "other servers' changes to it [default: admin changes in memory only].",
+)
+@click.option(
+    "--tasks-poll-s",
+    type=click.FloatRange(min=0.05),
+    default=2.0,
+    show_default=True,
+    help="How often the task store is re-read for other servers' changes.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
@@ -71,6 +83,46 @@ from bitfit_deploy.commands._options import runtime_options
     help="Longest text accepted, in characters.",
 )
 @click.option(
+    "--body-timeout-s",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="A request body must arrive within this after its headers (else 408, connection closed).",
+)
+@click.option(
+    "--keep-alive-s",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Idle keep-alive connections are closed after this.",
+)
+@click.option(
+    "--drain-timeout-s",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="On SIGTERM, how long requests in flight may still run before the server exits.",
+)
+@click.option(
+    "--ray",
+    "use_ray",
+    is_flag=True,
+    help="Serve on Ray Serve: --replicas copies of this server behind Ray's HTTP proxy "
+    "(needs the extra: pip install 'bitfit-deploy[ray]').",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --ray: replicas, each holding one runtime with every task [default: 1].",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="With --ray: the Ray cluster, 'auto' (started with `ray start`) or ray://HOST:PORT "
+    "[default: start a local Ray instance].",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="info",
@@ -91,57 +143,82 @@ def command(
     admin_token: str | None,
     max_inputs: int,
     max_text_chars: int,
+    tasks_poll_s: float,
+    body_timeout_s: float,
+    keep_alive_s: float,
+    drain_timeout_s: float,
+    use_ray: bool,
+    replicas: int | None,
+    address: str | None,
     log_level: str,
 ) -> None:
     """Serve every task of a bundle over REST, the Open Inference Protocol and /metrics.
 
     SIGTERM or Ctrl-C stops accepting connections, answers what is in flight, then exits.
     """
-    import uvicorn
+    from bitfit_deploy.runtime.app import ServeConfig, build_app
+    from bitfit_deploy.runtime.server import Limits
 
-    from bitfit_deploy.runtime import Runtime
-    from bitfit_deploy.runtime.server import Limits, create_app
-
-    runtime = Runtime(
-        bundle,
-        provider=provider,
-        threads=threads,
-        variant=variant,
-        max_batch_size=max_batch_size,
-        spin_wait=False,  # idle ORT threads sleep: the event loop shares the cores
+    limits = Limits(
+        max_inputs=max_inputs,
+        max_text_chars=max_text_chars,
+        drain_timeout_s=drain_timeout_s,
+        body_timeout_s=body_timeout_s,
     )
-    extra = list(tasks) + (sorted(tasks_dir.glob("*.safetensors")) if tasks_dir else [])
-    for path in extra:
-        runtime.load_task(path)
-    limits = Limits(max_inputs=max_inputs, max_text_chars=max_text_chars)
-    app = create_app(
-        runtime,
+    settings = ServeConfig(
+        bundle=bundle,
+        tasks=tuple(tasks),
+        tasks_dir=tasks_dir,
+        poll_s=tasks_poll_s,
+        provider=provider,
+        variant=variant,
+        threads=threads,
         max_batch_size=max_batch_size,
         max_delay_ms=max_delay_ms,
         admin_token=admin_token,
         limits=limits,
     )
-    names = ", ".join(sorted(runtime.tasks)) or "none yet"
-    click.echo(f"serving {len(runtime.tasks)} task(s) ({names}) on http://{host}:{port}")
+    if use_ray:
+        from bitfit_deploy.runtime.ray_serve import run
+
+        run(settings, replicas or 1, address, host, port, keep_alive_s, log_level)
+        return
+    if replicas is not None or address is not None:
+        raise click.UsageError("--replicas and --address apply to --ray only; add --ray.")
+    import uvicorn
+
+    built = build_app(settings)
+    for problem in built.problems:
+        click.echo(f"skipped: {problem}", err=True)
+    names = ", ".join(sorted(built.runtime.tasks)) or "none yet"
+    click.echo(
+        f"serving {len(built.runtime.tasks)} task(s) ({names}) on http://{host}:{port}; "
+        f"tasks: {built.store}"
+    )
     config = uvicorn.Config(
-        app,
+        built.app,
         host=host,
         port=port,
         log_level=log_level,
         lifespan="on",
-        timeout_graceful_shutdown=limits.drain_timeout_s,
+        timeout_keep_alive=keep_alive_s,
+        timeout_graceful_shutdown=drain_timeout_s,
     )
-    server = _graceful_server(uvicorn.Server)(config)
+    server = _graceful_server(uvicorn.Server, built.app.state.server.drain)(config)
     server.run()
     if not server.started:
         raise click.ClickException(f"the server did not start on {host}:{port}; see the log above.")
 
 
-def _graceful_server(base: type[Any]) -> type[Any]:
-    """uvicorn's Server, exiting with status 0 after a SIGTERM drain (uvicorn re-raises the signal)."""
+def _graceful_server(base: type[Any], drain: Callable[[], None]) -> type[Any]:
+    """uvicorn's Server that starts the app's `drain` on a signal and exits 0 after a SIGTERM drain.
+
+    (uvicorn would re-raise the signal.)
+    """
 
     class GracefulServer(base):  # type: ignore[misc, valid-type]
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            drain()
             super().handle_exit(sig, frame)
             if sig == signal.SIGTERM:
                 with contextlib.suppress(AttributeError, ValueError):
