@@ -11,7 +11,12 @@ repetitions interleaved (2 ONNX Runtime / torch threads by default):
 - mixed batching: 256 requests over 32 tasks as length-sorted mixed batches of 32, vs unsorted
   batches of 32, vs one run per request, vs the same 256 requests all for one task;
 - peer: the same 256 requests through HF PEFT LoRA (r=8, query+value, 32 adapters) with
-  per-sample `adapter_names`, length-sorted batches of 32, vs ours in fp32 and int8.
+  per-sample `adapter_names`, length-sorted batches of 32, vs ours in fp32 and int8;
+- overhead: a bare ONNX Runtime session run on exactly the batches the runtime formed (same ids,
+  shapes and pre-gathered bias rows) vs `Runtime.predict_mixed`; goal: runtime/bare >= 0.95.
+
+Every ratio is the median of per-repetition ratios (variants interleaved within a repetition),
+with its 10th-90th percentile spread (`benchmarks/_common.py`); the CPU is printed beside them.
 
 Run: `.venv/bin/python benchmarks/runtime_tasks.py [--quick] [--plot PATH]`.
 """
@@ -30,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from _common import cpu_description, format_ratio, paired_ratio
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,8 +196,8 @@ def bench_memory(setup: dict, texts: list[str], threads: int, reps: int) -> dict
 Step = Callable[[], int]
 
 
-def interleave(variants: dict[str, list[Step]], reps: int, desc: str) -> dict[str, float]:
-    """Requests/s of each variant: median over `reps` of (requests / seconds), steps interleaved.
+def interleave(variants: dict[str, list[Step]], reps: int, desc: str) -> dict[str, list[float]]:
+    """Requests/s of each variant in each of `reps` repetitions, steps interleaved.
 
     Each variant is a list of steps (a batch, a block of requests); step k of every variant runs
     before step k + 1 of any, in an order rotated each time, so that the noise of a shared
@@ -212,7 +218,7 @@ def interleave(variants: dict[str, list[Step]], reps: int, desc: str) -> dict[st
                     seconds[name] += time.perf_counter() - t0
         for name in names:
             rates[name].append(counts[name] / seconds[name])
-    return {k: statistics.median(v) for k, v in rates.items()}
+    return rates
 
 
 def bench_switching(
@@ -249,8 +255,26 @@ def bench_switching(
     return interleave(variants, reps, "task switching")
 
 
+def recorded_feeds(rt, requests: list) -> list[dict]:
+    """The feeds of every session run `rt.predict_mixed(requests)` makes (ids, masks, rows)."""
+    session = rt._engine.session
+    seen: list[dict] = []
+    real = session.run
+
+    def record(outputs, feeds, *args, **kwargs):
+        seen.append({n: np.array(v, copy=True) for n, v in feeds.items()})
+        return real(outputs, feeds, *args, **kwargs)
+
+    session.run = record
+    try:
+        rt.predict_mixed(requests)
+    finally:
+        del session.run
+    return seen
+
+
 def bench_batching(
-    rts: dict, texts: list[str], n_tasks: int, reps: int, peer: list[Step] | None
+    rts: dict, texts: list[str], n_tasks: int, reps: int, peer: list[Step] | None, threads: int
 ) -> dict:
     """256 requests over `n_tasks` tasks: batches of 32 (sorted by length or not) vs single runs."""
     from bitfit_deploy.runtime.batching import plan_runs
@@ -273,8 +297,17 @@ def bench_batching(
 
         return step
 
+    from bitfit_deploy.runtime.providers import create_session
+
+    bare = create_session(rt._variant_path("fp32"), "cpu", threads)
+    formed = [recorded_feeds(rt, [requests[i] for i in r]) for r in sorted_runs]
+
+    def bare_runs(feeds: list[dict]) -> Step:
+        return lambda: sum(len(bare.run(None, f)[0]) for f in feeds)
+
     variants = {
         "mixed, sorted batches of 32": [batch(rt, r) for r in sorted_runs],
+        "bare session, the same batches": [bare_runs(f) for f in formed],
         "mixed, unsorted batches of 32": [batch(rt, r) for r in chunks],
         "one run per request": [singles(r) for r in chunks],
         "one task, sorted batches of 32": [batch(rt, r, one_task=True) for r in sorted_runs],
@@ -284,6 +317,10 @@ def bench_batching(
     if peer is not None:
         variants["PEFT LoRA, sorted batches of 32"] = peer
     return interleave(variants, reps, "mixed batching")
+
+
+def _median(rates: dict[str, list[float]]) -> dict[str, float]:
+    return {k: statistics.median(v) for k, v in rates.items()}
 
 
 def peft_peer(
@@ -346,7 +383,8 @@ def peft_peer(
 
 # ------------------------------------------------------------------------ report
 def report(results: dict, plot: Path) -> None:
-    mem, sw, mb = results["memory"], results["switching"], results["batching"]
+    mem, sw_rates, mb_rates = results["memory"], results["switching"], results["batching"]
+    sw, mb = _median(sw_rates), _median(mb_rates)
     mem = dict(mem)
     growth = mem.pop("growth")
     print(
@@ -360,29 +398,41 @@ def report(results: dict, plot: Path) -> None:
         f"  {N_TASKS_MEMORY} tasks cost {100 * growth:+.1f}% RSS over 1 task in the same process "
         f"(goal <= +5%); their bias rows and heads are {tables:.1f} MiB"
     )
-    print("\n== task switching: single requests/s ==")
+    print(f"\nCPU: {cpu_description()}")
+    print("\n== task switching: single requests/s (median of repetitions) ==")
     for k, v in sw.items():
         print(f"  {k:32s} {v:8.1f}")
-    print(
-        f"  cycling costs {100 * (sw['one task'] / sw['cycling 10 tasks'] - 1):+.1f}% time over one task (goal <= +2%)"
-    )
+    cost = paired_ratio(sw_rates["one task"], sw_rates["cycling 10 tasks"])
+    print(f"  cycling 10 tasks / one task, time:  {format_ratio(cost)} (goal <= 1.02x)")
     print("\n== mixed batching: 256 requests over 32 tasks, requests/s ==")
     for k, v in mb.items():
         print(f"  {k:36s} {v:8.1f}")
-    m = mb["mixed, sorted batches of 32"]
-    print(
-        f"  mixed sorted / one run per request  = {m / mb['one run per request']:.2f}x (goal >= 1.5x)"
+    m = mb_rates["mixed, sorted batches of 32"]
+
+    def ratio(label: str, a: list[float], b: list[float], goal: str) -> None:
+        print(f"  {label:36s} {format_ratio(paired_ratio(a, b))} ({goal})")
+
+    ratio("mixed sorted / one run per request", m, mb_rates["one run per request"], "goal >= 1.5x")
+    ratio(
+        "mixed sorted / one task sorted",
+        m,
+        mb_rates["one task, sorted batches of 32"],
+        "goal >= 0.95x",
     )
-    print(
-        f"  mixed sorted / one task sorted      = {m / mb['one task, sorted batches of 32']:.2f}x (goal >= 0.95x)"
+    ratio(
+        "runtime / bare session, same batches",
+        m,
+        mb_rates["bare session, the same batches"],
+        "goal >= 0.95",
     )
     if "PEFT LoRA, sorted batches of 32" in mb:
-        p = mb["PEFT LoRA, sorted batches of 32"]
-        print(f"  ours fp32 / PEFT                    = {m / p:.2f}x (goal >= 1.5x)")
+        p = mb_rates["PEFT LoRA, sorted batches of 32"]
+        ratio("ours fp32 / PEFT", m, p, "goal >= 1.5x")
         if "int8 mixed, sorted batches of 32" in mb:
-            print(
-                f"  ours int8 / PEFT                    = {mb['int8 mixed, sorted batches of 32'] / p:.2f}x (goal >= 2.5x)"
+            ratio(
+                "ours int8 / PEFT", mb_rates["int8 mixed, sorted batches of 32"], p, "goal >= 2.5x"
             )
+            ratio("ours int8 / ours fp32", mb_rates["int8 mixed, sorted batches of 32"], m, "")
         print(f"  PEFT one request at a time (set_adapter): {results['peft_single']:.1f}/s")
     import matplotlib
 
@@ -416,7 +466,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks/results/runtime_tasks.png")
     parser.add_argument("--no-peft", action="store_true", help="skip the PEFT peer")
     args = parser.parse_args(argv)
-    blocks, n_single, reps, mem_reps = (4, 8, 2, 1) if args.quick else (20, 32, 4, 3)
+    blocks, n_single, reps, mem_reps = (4, 8, 2, 1) if args.quick else (10, 32, 10, 3)
     texts = sst2_sentences(256)
     from bitfit_deploy.runtime import Runtime
 
@@ -431,14 +481,18 @@ def main(argv: list[str] | None = None) -> dict:
             for p in setup["deltas"][:32]:
                 rt.load_task(p)
             rt.predict_mixed([("task000", t) for t in texts[:64]])  # warm up
-        results["switching"] = bench_switching(rts["fp32"], setup, texts, args.threads, blocks, 1)
+        results["switching"] = bench_switching(
+            rts["fp32"], setup, texts, args.threads, blocks, 2 if args.quick else 5
+        )
         peer = single = None
         if not args.no_peft:
             peer, single = peft_peer(texts, 32, args.threads, n_single)
             peer[0]()  # warm up
-        results["batching"] = bench_batching(rts, texts, 32, reps, peer)
+        results["batching"] = bench_batching(rts, texts, 32, reps, peer, args.threads)
         if single is not None:
-            results["peft_single"] = interleave({"peft": [single]}, 1, "PEFT one at a time")["peft"]
+            results["peft_single"] = statistics.median(
+                interleave({"peft": [single]}, 1, "PEFT one at a time")["peft"]
+            )
     report(results, args.plot)
     print("\n" + json.dumps(results))
     return results
