@@ -51,7 +51,7 @@ def replica_app(config: ServeConfig) -> Any:
 
     built = build_app(config)
     for problem in built.problems:
-        log.warning("skipped: %s", problem)
+        log.warning("%s", problem)
     replica = serve.get_replica_context().replica_id.unique_id
     return _tagged(built.app, replica)
 

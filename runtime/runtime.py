@@ -117,11 +117,18 @@ class Runtime:
         """Load a delta file as task `name` (default: the delta's own name); return the name."""
         return self._add(load_delta(path), name, replace, repr(str(path)))
 
-    def load_task_bytes(self, data: bytes, name: str | None = None, replace: bool = False) -> str:
-        """Load a delta from its file bytes (an upload); return the task's name."""
-        return self._add(
-            from_bytes(bytes(data), source="uploaded delta"), name, replace, "uploaded delta"
-        )
+    def load_task_bytes(
+        self,
+        data: bytes,
+        name: str | None = None,
+        replace: bool = False,
+        source: str = "uploaded delta",
+    ) -> str:
+        """Load a delta from its file bytes (an upload); return the task's name.
+
+        `source` names the bytes in error messages (a file they were read from, say).
+        """
+        return self._add(from_bytes(bytes(data), source=source), name, replace, source)
 
     def unload_task(self, name: str) -> None:
         """Stop serving task `name`; runs under way finish with it."""

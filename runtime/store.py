@@ -82,6 +82,10 @@ class TaskStore:
         """The delta file of task `name`."""
         return self.root / f"{name}{SUFFIX}"
 
+    def source(self, name: str) -> str:
+        """How errors name task `name`'s file: without the folder, which clients need not see."""
+        return f"task store file {name}{SUFFIX}"
+
     def mark(self, name: str) -> Path:
         """The file that keeps task `name` unloaded."""
         return self.root / f"{name}{UNLOADED}"
@@ -327,7 +331,7 @@ class StoreSync:
             data = self.store.read(name)
             sha = hashlib.sha256(data).hexdigest()
             if entry is None or entry.sha256 != sha:
-                self.runtime.load_task_bytes(data, name, True)
+                self.runtime.load_task_bytes(data, name, True, self.store.source(name))
                 log.info("task %s: loaded %s", name, path)
         except (BitFitError, OSError) as exc:
             why = f"{type(exc).__name__}: {exc}"
@@ -384,7 +388,7 @@ class StoreSync:
             except FileNotFoundError:
                 raise TaskNotFoundError(self._not_in_store(name)) from None
             data = self.store.read(name)
-            self.runtime.load_task_bytes(data, name, True)
+            self.runtime.load_task_bytes(data, name, True, self.store.source(name))
             self.store.mark_unloaded(name, False)
             self._entries[name] = _Entry(stamp, hashlib.sha256(data).hexdigest(), READY)
 
@@ -433,7 +437,9 @@ class StoreSync:
         entry = self._entries.get(name)
         try:
             if entry is not None and entry.sha256 is not None:
-                self.runtime.load_task_bytes(self.store.read(name), name, True)
+                self.runtime.load_task_bytes(
+                    self.store.read(name), name, True, self.store.source(name)
+                )
             elif not existed:
                 self._unload_quietly(name)
         except (BitFitError, OSError):

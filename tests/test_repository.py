@@ -93,7 +93,9 @@ def test_repository_calls_need_the_admin_token_and_name_what_is_wrong(
     with pytest.raises(InferenceServerException, match="PUT /v1/tasks/alpha") as caught:
         triton.load_model("alpha", headers=AUTH, config='{"backend": "onnx"}')
     assert caught.value.status() == "400"
-    with pytest.raises(InferenceServerException, match="not a readable safetensors file") as caught:
+    with pytest.raises(
+        InferenceServerException, match="task store file broken.safetensors is not a readable"
+    ) as caught:
         triton.load_model("broken", headers=AUTH)
     assert caught.value.status() == "422"
     bad = httpx.post(f"{base}/v2/repository/index", content=b"[1, 2]")

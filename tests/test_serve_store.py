@@ -88,6 +88,7 @@ def test_uploaded_tasks_survive_sigkill_and_a_failed_upload_leaves_the_store_unc
     finally:
         stop(proc, signal.SIGKILL)
 
+    (store / "gamma.safetensors").write_bytes(b"not a delta")  # a bad file: reported, not fatal
     proc = start_cli(args, port)
     try:
         for name in ("alpha", "beta"):
@@ -95,6 +96,7 @@ def test_uploaded_tasks_survive_sigkill_and_a_failed_upload_leaves_the_store_unc
     finally:
         out = stop(proc)
     assert "serving 2 task(s) (alpha, beta)" in out and "tasks: task store" in out
+    assert f"{store / 'gamma.safetensors'}: skipped; DeltaFormatError" in out
 
 
 def test_servers_sharing_a_store_serve_the_same_tasks(

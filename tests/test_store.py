@@ -102,7 +102,8 @@ def test_start_loads_every_delta_and_reports_bad_files_by_name(
     assert same(answers(rt, "b"), reference(bundle, deltas["b"]))
     states = {r["name"]: (r["state"], r["reason"]) for r in sync.index()}
     assert states["a"] == (READY, "") and states["broken"][0] == UNAVAILABLE
-    assert "DeltaFormatError" in states["broken"][1]
+    assert "DeltaFormatError" in states["broken"][1] and "broken.safetensors" in states["broken"][1]
+    assert str(tmp_path) not in states["broken"][1]  # index reasons do not show the folder
     assert sync.sync() == []  # a bad file is reported once, not on every poll
 
 

@@ -189,7 +189,7 @@ def command(
 
     built = build_app(settings)
     for problem in built.problems:
-        click.echo(f"skipped: {problem}", err=True)
+        click.echo(problem, err=True)
     names = ", ".join(sorted(built.runtime.tasks)) or "none yet"
     click.echo(
         f"serving {len(built.runtime.tasks)} task(s) ({names}) on http://{host}:{port}; "
