@@ -50,6 +50,15 @@ def test_without_ray_the_ray_option_says_how_to_install_it(
         ray_serve.run(ray_serve.ServeConfig(tmp_path), 2, None, "127.0.0.1", 1, 5.0, "info")
 
 
+def test_ray_options_without_ray_are_a_usage_error(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bitfit_deploy.cli import cli
+
+    result = CliRunner().invoke(cli, ["serve", "--bundle", str(tmp_path), "--replicas", "2"])
+    assert result.exit_code == 2 and "--replicas and --address apply to --ray only" in result.output
+
+
 def test_the_server_and_the_command_import_ray_only_with_ray() -> None:
     code = (
         "import sys, bitfit_deploy.runtime.server, bitfit_deploy.runtime.app, "
