@@ -50,6 +50,9 @@ RACY_SECONDS = 2.0
 """No marker for a file changed this recently: a same-size rewrite within one tick of the file
 system's coarse clock would keep its mtime and ctime (git's "racy" entries)."""
 _STAT_KEYS = ("size", "mtime_ns", "ctime_ns", "inode", "device")
+PRUNE_ABOVE = 512
+"""Markers kept before those of deleted files are swept (each is about 250 bytes)."""
+_pruned = False
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -167,5 +170,23 @@ def _write_marker(markers: Path, path: Path, key: dict[str, object]) -> None:
         markers.mkdir(parents=True, exist_ok=True)
         with atomic_file(_marker_path(markers, path), force=True) as tmp:
             tmp.write_text(json.dumps({"path": os.path.realpath(path), **key}))
+        _prune(markers)
     except OSError as exc:  # a read-only home or cache: verification still happened
         log.debug("cannot write a verified marker in %s (%s)", markers, exc)
+
+
+def _prune(markers: Path) -> None:
+    """Past PRUNE_ABOVE markers, drop those whose file is gone (temp bundles), once a process."""
+    global _pruned
+    if _pruned:
+        return
+    entries = list(markers.glob("*.json"))
+    if len(entries) <= PRUNE_ABOVE:
+        return
+    _pruned = True
+    for entry in entries:
+        try:
+            if not os.path.exists(json.loads(entry.read_text()).get("path", "")):
+                entry.unlink()
+        except (OSError, ValueError, AttributeError):
+            entry.unlink(missing_ok=True)

@@ -183,3 +183,17 @@ def test_verify_command_hashes_every_file_and_refreshes_markers(bundle):
         and "BundleError" in failed.output
         and "base.safetensors" in failed.output
     )
+
+
+def test_markers_of_deleted_files_are_swept(bundle, tmp_path, monkeypatch):
+    gone = shutil.copytree(bundle, tmp_path / "temp-bundle")
+    verify_bundle(gone, read_manifest(gone, verify=False), "fp32")
+    markers = integrity.marker_dir()
+    swept = {integrity._marker_path(markers, gone / rel) for rel in FP32}
+    assert all(m.is_file() for m in swept)
+    shutil.rmtree(gone)
+    monkeypatch.setattr(integrity, "PRUNE_ABOVE", 2)
+    monkeypatch.setattr(integrity, "_pruned", False)  # once a process, past PRUNE_ABOVE
+    verify_bundle(bundle, read_manifest(bundle, verify=False), "fp32")  # writes, then sweeps
+    assert not any(m.exists() for m in swept)
+    assert verify_bundle(bundle, read_manifest(bundle, verify=False), "fp32") == []
