@@ -79,7 +79,10 @@ def marker_dir() -> Path | None:
     if configured is not None:
         return Path(configured).expanduser() if configured.strip() else None
     xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    root = Path(xdg) if xdg else Path.home() / ".cache"
+    try:
+        root = Path(xdg) if xdg else Path.home() / ".cache"
+    except RuntimeError:  # no home folder (some containers): hash on every open
+        return None
     return root / "bitfit-deploy" / "verified"
 
 
@@ -95,7 +98,9 @@ def verify_bundle(
     Returns the files that were hashed (none when every marker matched).
     """
     check_mode(verify)
-    files = list(manifest.files) if verify == "full" else manifest.runtime_files(variant, tasks)
+    files = manifest.runtime_files(variant, tasks)
+    if verify == "full":
+        files = [*manifest.files, *files]
     return verify_files(bundle, manifest.files, files, use_markers=verify == "cached")
 
 
