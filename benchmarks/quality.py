@@ -327,7 +327,7 @@ def run(args: argparse.Namespace) -> None:
         jobs += [("train", t, m) for m in args.methods]
         if "int8" in args.variants:
             jobs += [("int8", t, m) for m in args.methods if m in args.int8_methods]
-    command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    command = " ".join(shlex.quote(a) for a in ["python", "benchmarks/quality.py", *args.argv])
     for i, (kind, task, method) in enumerate(jobs, 1):
         path = args.results / (
             f"{task}--{method}.json" if kind == "train" else f"{task}--{method}--int8.json"
@@ -521,6 +521,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick", action="store_true", help="2 tasks, 64 rows, 1 epoch, into runs/quality-quick/"
     )
     args = p.parse_args(argv)
+    args.argv = list(
+        sys.argv[1:] if argv is None else argv
+    )  # what the results record as the command
     if args.quick:
         args.tasks, args.train_rows, args.epochs, args.head_epochs = "trec,rte", 64, 1.0, 2.0
         args.results, args.work = (
