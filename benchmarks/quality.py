@@ -420,9 +420,11 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         per_cpu = sorted(
             r["train_cpu_seconds"] / (r["train_rows"] * r["settings"]["epochs"] / 1000) for r in rs
         )
-        size = max(r["size_bytes"] for r in rs)
+        params = sorted(r["trainable_parameters"] for r in rs)
+        sizes = sorted(r["size_bytes"] for r in rs)
         cost.append(
-            f"| {m} | {rs[0]['trainable_parameters']:,}+ | {_size(size)} | {per[len(per) // 2]:.0f} / {per_cpu[len(per_cpu) // 2]:.0f} |"
+            f"| {m} | {_span(params, lambda n: f'{n:,}')} | {_span(sizes, _size)} | "
+            f"{per[len(per) // 2]:.0f} / {per_cpu[len(per_cpu) // 2]:.0f} |"
         )
     print("\n".join(cost))
     if int8:
@@ -445,6 +447,11 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     if tasks:
         plot(trained, tasks, methods, args.plot)
     return summary
+
+
+def _span(values: list[int], fmt: Any) -> str:
+    """`a` or `a - b` over the tasks (head sizes grow with the number of labels)."""
+    return fmt(values[0]) if values[0] == values[-1] else f"{fmt(values[0])} - {fmt(values[-1])}"
 
 
 def _size(n: int) -> str:
