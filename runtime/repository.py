@@ -10,7 +10,6 @@ is Triton's and is refused: upload a delta with `PUT /v1/tasks/NAME`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bitfit_deploy.runtime.json_body import read_json
 from bitfit_deploy.runtime.oip import OIPRequestError
 from bitfit_deploy.runtime.store import TaskAdmin
 
@@ -74,10 +74,7 @@ async def _parameters(
     body = await read_body(request, _MAX_BODY)
     if not body.strip():
         return {}
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise OIPRequestError("a repository request body is a JSON object, or empty.") from None
+    data = read_json(body, "a repository request body")
     if not isinstance(data, dict) or not isinstance(data.get("parameters", {}), dict):
         raise OIPRequestError(
             'a repository request body is a JSON object, like {"parameters": {}}, or empty.'

@@ -100,6 +100,10 @@ def test_repository_calls_need_the_admin_token_and_name_what_is_wrong(
     assert caught.value.status() == "422"
     bad = httpx.post(f"{base}/v2/repository/index", content=b"[1, 2]")
     assert bad.status_code == 400 and "JSON object" in bad.json()["error"]
+    for body in (b"[" * 60_000, b"[" * 40 + b"]" * 40, b"{not json", b"\xff\xfe\x00", b"1" * 5000):
+        for path in ("index", "models/alpha/load", "models/alpha/unload"):
+            r = httpx.post(f"{base}/v2/repository/{path}", content=body, headers=AUTH)
+            assert r.status_code == 400 and r.json()["code"] == "malformed_json", (path, r.text)
     triton.close()
 
 
