@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 from _common import cpu_description, format_ratio, paired_ratio
-from server_load import RAMP, _load, free_port, load_texts, make_bundle, start_server
+from server_load import RAMP, _load, free_port, load_texts, reuse_or_make_bundle, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("single", "ray x1", "ray x2")
@@ -188,13 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
-        if (work / "bundle").is_dir():
-            bundle, tasks_dir = work / "bundle", work / "tasks"
-            tasks = sorted(p.stem for p in tasks_dir.glob("*.safetensors"))
-        else:
-            print("exporting the packaged MiniLM bundle ...", flush=True)
-            work.mkdir(parents=True, exist_ok=True)
-            bundle, tasks_dir, tasks = make_bundle(work, args.tasks)
+        bundle, tasks_dir, tasks = reuse_or_make_bundle(work, args.tasks)
         single_port, ray_port = free_port(), free_port()
         proc = start_server(bundle, tasks_dir, single_port, args)
         try:

@@ -90,6 +90,16 @@ def make_bundle(root: Path, n_tasks: int) -> tuple[Path, Path, list[str]]:
     return root / "bundle", tasks_dir, names
 
 
+def reuse_or_make_bundle(work: Path, n_tasks: int) -> tuple[Path, Path, list[str]]:
+    """The bundle and task store already in `work` (from --workdir), or export them there."""
+    if (work / "bundle").is_dir():
+        tasks_dir = work / "tasks"
+        return work / "bundle", tasks_dir, sorted(p.stem for p in tasks_dir.glob("*.safetensors"))
+    print("exporting the packaged MiniLM bundle ...", flush=True)
+    work.mkdir(parents=True, exist_ok=True)
+    return make_bundle(work, n_tasks)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -284,13 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
-        if (work / "bundle").is_dir():
-            bundle, tasks_dir = work / "bundle", work / "tasks"
-            tasks = sorted(p.stem for p in tasks_dir.glob("*.safetensors"))
-        else:
-            print("exporting the packaged MiniLM bundle ...", flush=True)
-            work.mkdir(parents=True, exist_ok=True)
-            bundle, tasks_dir, tasks = make_bundle(work, args.tasks)
+        bundle, tasks_dir, tasks = reuse_or_make_bundle(work, args.tasks)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         proc = start_server(bundle, tasks_dir, port, args)

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from serve_helpers import serve
 
 from bitfit_deploy.delta import DeltaMetadata, TaskDelta, save_delta, to_bytes
 from bitfit_deploy.runtime import Runtime
@@ -89,27 +89,6 @@ def free_socket() -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run `app` under uvicorn in a thread on a free loopback port; yield its base URL."""
-    import uvicorn
-
-    sock = free_socket()
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
