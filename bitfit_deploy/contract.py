@@ -21,6 +21,8 @@ LOGITS = "logits"
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 TOKEN_TYPE_IDS = "token_type_ids"
+TEXT_INPUTS = (INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS)
+"""Every text input a graph may take (an encoder takes those of `modeling.encoder_inputs`)."""
 
 POOLINGS = ("mean", "cls", "pooler")
 """How the encoder output becomes one vector: mean over the attention mask, first token, model pooler."""

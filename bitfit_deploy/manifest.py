@@ -27,6 +27,14 @@ BASE_FILE = "base.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 TASKS_DIR = "tasks"
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+INT8_ACTIVATIONS = ("static", "per-token")
+"""How the int8 graph scales activations (see `bitfit_deploy.exporters.quantize`)."""
+INT8_PROBE_FILE = "model.int8.probe.onnx"
+"""Static int8 only: the int8 graph plus each quantized tensor's per-row range (shares its weights)."""
+INT8_CALIBRATION_FILE = "int8_calibration.safetensors"
+"""Static int8 only: token ids of the texts the range probe runs a new task on."""
+CLIPPED_OUTPUT_PREFIX = "int8_clipped/"
+"""Range probe outputs: per row, the share of a quantized tensor's values beyond its clip."""
 BAKED_DIR = "baked"
 """`--bake TASK` writes `baked/TASK.onnx`: a plain single-task graph with biases as constants."""
 
@@ -62,6 +70,10 @@ class Manifest:
     """Task name -> relative path of its baked single-task graph."""
     weights: dict[str, str] = field(default_factory=dict)
     """Variant -> relative path of its graph's external weights file (ONNX external data), if any."""
+    quantization: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Variant -> how it was quantized: "activations" (an INT8_ACTIVATIONS scheme); for "static"
+    also "smoothing", "calibration" (texts, source, tasks), "probe" and "calibration_inputs" (files)
+    and "clip" (probe output -> the value its tensor clips at). Bundles before it: per-token."""
     created: str = ""
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION

@@ -18,13 +18,24 @@ from bitfit_deploy.contract import HEAD_KEYS, graph_bias_names
 from bitfit_deploy.delta import TaskDelta, check_delta_fits, load_delta
 from bitfit_deploy.errors import ExportOptionError, IncompatibleTaskError
 from bitfit_deploy.exporters.bake import export_baked_graph
+from bitfit_deploy.exporters.calibrate import channel_maxima, probe_inputs, read_calibration_texts
 from bitfit_deploy.exporters.graph import check_runtime_inputs, export_per_row_graph, hidden_size
-from bitfit_deploy.exporters.quantize import QUANTIZATIONS, quantize_int8
+from bitfit_deploy.exporters.quantize import (
+    QUANTIZATIONS,
+    SMOOTHING_ALPHA,
+    frozen_matmul_inputs,
+    quantize_int8,
+    write_range_probe,
+)
 from bitfit_deploy.manifest import (
     BAKED_DIR,
     BASE_FILE,
+    INT8_ACTIVATIONS,
+    INT8_CALIBRATION_FILE,
+    INT8_PROBE_FILE,
     MANIFEST_FILE,
     TASKS_DIR,
+    TOKENIZER_FILE,
     VARIANT_FILES,
     BiasInput,
     Manifest,
@@ -37,6 +48,8 @@ from bitfit_deploy.modeling import (
     load_encoder,
     resolve_pooling,
 )
+from bitfit_deploy.runtime.registry import BiasLayout, prepare_task
+from bitfit_deploy.runtime.tokenize import BundleTokenizer
 
 DEFAULT_MAX_LENGTH = 256
 log = logging.getLogger("bitfit_deploy.export")
@@ -53,11 +66,16 @@ def export_bundle(
     force: bool = False,
     quantize: str | None = None,
     bake: list[str] = (),
+    int8_activations: str = "static",
+    calibration: str | os.PathLike[str] | None = None,
+    progress: bool = True,
 ) -> Manifest:
     """Export the base at `model` (default: packaged MiniLM) as a per-row bias bundle in `output`.
 
     Every `tasks` delta is checked against the base fingerprint and copied into `tasks/`.
-    `quantize="int8"` adds `model.int8.onnx`; each task named in `bake` (a task of `tasks`)
+    `quantize="int8"` adds `model.int8.onnx`, with `int8_activations` scales ("static": calibrated
+    on `calibration`, a text file, default the shipped texts, with the base and every task;
+    "per-token": computed per token in the graph); each task named in `bake` (a task of `tasks`)
     gets a plain single-task graph `baked/<task>.onnx`. The folder appears whole or not at
     all; an existing one is replaced only with `force`.
 
@@ -67,6 +85,18 @@ def export_bundle(
         raise ExportOptionError(
             f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}."
         )
+    if int8_activations not in INT8_ACTIVATIONS:
+        raise ExportOptionError(
+            f"unknown int8 activation scheme {int8_activations!r}; choose one of "
+            f"{', '.join(INT8_ACTIVATIONS)}."
+        )
+    static_int8 = quantize == "int8" and int8_activations == "static"
+    if calibration is not None and not static_int8:
+        raise ExportOptionError(
+            "--calibration applies only to static int8; add --quantize int8 (and drop "
+            "--int8-activations per-token)."
+        )
+    texts = read_calibration_texts(calibration) if static_int8 else None
     encoder, model_path = load_encoder(model)
     architecture = check_supported(encoder)
     fp = base_fingerprint(encoder)
@@ -85,11 +115,34 @@ def export_bundle(
 
     with atomic_dir(output, force=force) as tmp:
         export_per_row_graph(encoder, pooling, bias_names, tmp / VARIANT_FILES["fp32"], opset)
+        pad_id = _save_tokenizer(model_path, tmp)
         variants = {"fp32": VARIANT_FILES["fp32"]}
+        quantization: dict[str, dict] = {}
+        clips: dict[str, float] = {}
+        tokenizer = BundleTokenizer(
+            tmp / TOKENIZER_FILE, max_length, pad_id, encoder_inputs(encoder)
+        )
         if quantize == "int8":
-            quantize_int8(tmp / VARIANT_FILES["fp32"], tmp / VARIANT_FILES["int8"])
+            layout = BiasLayout.from_inputs([BiasInput(n, bias_dims[n]) for n in bias_names])
+            maxima = None
+            if texts is not None:
+                rows = _calibration_rows(params, layout, deltas)
+                maxima = channel_maxima(
+                    tmp / VARIANT_FILES["fp32"],
+                    frozen_matmul_inputs(tmp / VARIANT_FILES["fp32"]),
+                    tokenizer,
+                    texts,
+                    layout,
+                    rows,
+                    hidden,
+                    progress,
+                )
+            clips = quantize_int8(
+                tmp / VARIANT_FILES["fp32"], tmp / VARIANT_FILES["int8"], int8_activations, maxima
+            )
             check_runtime_inputs(tmp / VARIANT_FILES["int8"], [*bias_names, *HEAD_KEYS])
             variants["int8"] = VARIANT_FILES["int8"]
+            quantization["int8"] = {"activations": int8_activations}
         baked_files = {}
         for delta in baked:
             rel = f"{BAKED_DIR}/{delta.metadata.task}.onnx"
@@ -97,8 +150,21 @@ def export_bundle(
             export_baked_graph(encoder, delta, tmp / rel, opset)
             baked_files[delta.metadata.task] = rel
         weights = {v: _external_weights(tmp, rel) for v, rel in variants.items()}
+        if texts is not None:
+            outputs = write_range_probe(tmp / VARIANT_FILES["int8"], tmp / INT8_PROBE_FILE, clips)
+            save_file(probe_inputs(tokenizer, texts), str(tmp / INT8_CALIBRATION_FILE))
+            quantization["int8"].update(
+                smoothing=SMOOTHING_ALPHA,
+                calibration={
+                    "source": texts.source,
+                    "texts": len(texts.items),
+                    "tasks": [d.metadata.task for _, d in deltas],
+                },
+                probe=INT8_PROBE_FILE,
+                calibration_inputs=INT8_CALIBRATION_FILE,
+                clip=outputs,
+            )
         save_file({n: np.ascontiguousarray(params[n]) for n in bias_names}, str(tmp / BASE_FILE))
-        pad_id = _save_tokenizer(model_path, tmp)
         task_files = []
         (tmp / TASKS_DIR).mkdir()
         for path, delta in deltas:
@@ -120,6 +186,7 @@ def export_bundle(
             tasks=task_files,
             baked=baked_files,
             weights=weights,
+            quantization=quantization,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         for path in tmp.rglob("*"):  # safetensors and ONNX external data create files 0600
@@ -127,6 +194,17 @@ def export_bundle(
                 path.chmod(_umask_mode(0o666))
         write_manifest(tmp, manifest)
     return manifest
+
+
+def _calibration_rows(
+    params: dict[str, np.ndarray], layout: BiasLayout, deltas: list[tuple[Path, TaskDelta]]
+) -> dict[str, np.ndarray]:
+    """Full bias rows to calibrate with: the base's and each exported task's (base + delta)."""
+    base = layout.flatten(params)
+    rows = {"(base)": base}
+    for _, delta in deltas:
+        rows[delta.metadata.task] = prepare_task(delta, delta.metadata.task, base, layout).row
+    return rows
 
 
 def write_manifest(bundle: Path, manifest: Manifest) -> None:

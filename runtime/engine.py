@@ -46,12 +46,18 @@ class HostEngine:
         self, snapshot: Snapshot, tasks: Sequence[LoadedTask], text: dict[str, np.ndarray]
     ) -> np.ndarray:
         """Logits `[batch, max_labels]` for rows whose tasks are `tasks` (one per row)."""
+        return self.session.run([LOGITS], self.feeds(tasks, text))[0]
+
+    def feeds(
+        self, tasks: Sequence[LoadedTask], text: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """The graph's inputs for rows whose tasks are `tasks`: text, bias rows, padded heads."""
         rows = np.stack([t.row for t in tasks])
         feeds = dict(text)
         for name, sl in self.layout.slices():
             feeds[name] = np.ascontiguousarray(rows[:, sl])
         feeds[HEAD_WEIGHT], feeds[HEAD_BIAS] = _padded_heads(tasks, self.hidden)
-        return self.session.run([LOGITS], feeds)[0]
+        return feeds
 
 
 @dataclass(frozen=True)

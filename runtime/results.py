@@ -22,6 +22,9 @@ class TaskInfo:
     """"single" (one text per input), "pair" ((text, text_pair)) or "unknown" (either)."""
     max_length: int = 0
     """Tokens each input is cut at: the task's training length capped by the bundle's (0: the bundle's)."""
+    int8_clipped: float | None = None
+    """Static int8 runtimes only: the share of quantized activation values beyond the calibrated
+    range when this task runs the bundle's calibration texts (worst tensor); else None."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""

@@ -6,6 +6,7 @@ so apps can embed it with a small install.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from bitfit_deploy.manifest import BASE_FILE, TOKENIZER_FILE, Manifest, read_man
 from bitfit_deploy.runtime.batching import plan_runs
 from bitfit_deploy.runtime.engine import BoundEngine, HostEngine
 from bitfit_deploy.runtime.inputs import check_input, describe
+from bitfit_deploy.runtime.int8_ranges import RangeProbe, warn_if_clipped
 from bitfit_deploy.runtime.providers import create_session
 from bitfit_deploy.runtime.registry import BiasLayout, Snapshot, TaskRegistry, prepare_task
 from bitfit_deploy.runtime.results import Prediction, TaskInfo, make_prediction
@@ -57,6 +59,9 @@ class Runtime:
             verified marker still matches (size, mtime, ctime, inode: see
             `bitfit_deploy.integrity` for what that does not catch); "loaded" always hashes
             them; "full" hashes every file of the bundle, unused variants included.
+        check_int8_ranges: on a static int8 variant, run each task added through the bundle's
+            range probe and record `TaskInfo.int8_clipped`, warning when much of it leaves the
+            calibrated range (see `bitfit_deploy.runtime.int8_ranges`).
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class Runtime:
         io_binding: bool | None = None,
         spin_wait: bool = True,
         verify: str = "cached",
+        check_int8_ranges: bool = True,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = read_manifest(self.bundle_dir, verify=False)
@@ -106,6 +112,18 @@ class Runtime:
         else:
             self._engine = HostEngine(session, self._layout, hidden)
         self._registry = TaskRegistry(self._engine.build_device)
+        self._range_probe = (
+            RangeProbe.for_variant(
+                self.bundle_dir,
+                self.manifest,
+                variant,
+                self._layout,
+                threads,
+                use_markers=verify == "cached",
+            )
+            if check_int8_ranges
+            else None
+        )
         if load_bundle_tasks:
             for rel in self.manifest.tasks:
                 self.load_task(self.bundle_dir / rel)
@@ -208,6 +226,11 @@ class Runtime:
             raise InvalidInputError(f"task name must be a non-empty string, got {name!r}.")
         max_length = self._task_max_length(delta, name, source)
         task = prepare_task(delta, name, self._base_row, self._layout, max_length)
+        if self._range_probe is not None:
+            share, where = self._range_probe.clipped(task)
+            info = dataclasses.replace(task.info, int8_clipped=round(share, 6))
+            task = dataclasses.replace(task, info=info)
+            warn_if_clipped(name, share, where)
         self._registry.add(task, replace=replace)
         return name
 

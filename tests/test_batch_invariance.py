@@ -1,4 +1,5 @@
-"""A row's answer depends only on its task and its text, whatever shares its run (fp32 and int8).
+"""A row's answer depends only on its task and its text, whatever shares its run (fp32, int8 with
+static scales, int8 with per-token scales).
 
 Property test: random mixes of tasks (single-label, multi-label, regression, pairs, a task cut
 shorter than the bundle), lengths from one word to past the bundle's max length, and runtimes
@@ -32,11 +33,22 @@ WORDS = ["good", "film", "the", "dull", "a", "gorgeous", "plot", "moving", "x", 
 
 @pytest.fixture(scope="module")
 def runtimes(tiny_bert, tmp_path_factory):
-    """(variant, max_batch_size) -> Runtime over one tiny bundle with every task of TASKS."""
+    """(variant, max_batch_size) -> Runtime over a tiny bundle with every task of TASKS.
+
+    Variants: "fp32", "int8" (static scales, the default) and "int8-per-token" (another bundle).
+    """
     from bitfit_deploy.exporters.bundle import export_bundle
 
     out = tmp_path_factory.mktemp("inv") / "bundle"
+    per_token = out.with_name("per-token")
     export_bundle(out, model=str(tiny_bert), quantize="int8", max_length=BUNDLE_MAX_LENGTH)
+    export_bundle(
+        per_token,
+        model=str(tiny_bert),
+        quantize="int8",
+        int8_activations="per-token",
+        max_length=BUNDLE_MAX_LENGTH,
+    )
     manifest = read_manifest(out)
     paths = []
     for seed, (name, (problem, labels, inputs, length)) in enumerate(TASKS.items()):
@@ -47,12 +59,13 @@ def runtimes(tiny_bert, tmp_path_factory):
         delta = dataclasses.replace(delta, metadata=meta)
         paths.append(save_delta(delta, tmp_path_factory.mktemp("d") / f"{name}.safetensors"))
     built = {}
-    for variant in ("fp32", "int8"):
+    sources = {"fp32": (out, "fp32"), "int8": (out, "int8"), "int8-per-token": (per_token, "int8")}
+    for label, (bundle, variant) in sources.items():
         for batch in (3, 16):
-            rt = Runtime(out, threads=1, variant=variant, max_batch_size=batch)
+            rt = Runtime(bundle, threads=1, variant=variant, max_batch_size=batch)
             for path in paths:
                 rt.load_task(path)
-            built[variant, batch] = rt
+            built[label, batch] = rt
     return built
 
 
@@ -80,7 +93,7 @@ def _scores(prediction) -> np.ndarray:
     return np.array(list(prediction.scores.values()))
 
 
-@pytest.mark.parametrize("variant", ["fp32", "int8"])
+@pytest.mark.parametrize("variant", ["fp32", "int8", "int8-per-token"])
 @pytest.mark.parametrize("batch", [3, 16])
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -97,9 +110,10 @@ def test_row_answer_ignores_what_shares_its_run(runtimes, variant, batch, reques
         assert np.abs(_scores(got) - _scores(alone)).max() <= 1e-5, (task, item)
 
 
-def test_long_loud_batch_mates_do_not_move_an_int8_row(runtimes):
+@pytest.mark.parametrize("variant", ["int8", "int8-per-token"])
+def test_long_loud_batch_mates_do_not_move_an_int8_row(runtimes, variant):
     """The issue's case: one text alone, beside 15 long rows of another task, beside a long text."""
-    rt = runtimes["int8", 16]
+    rt = runtimes[variant, 16]
     text = "a gorgeous , moving film but overlong"
     alone = rt.predict("sentiment", [text])[0].scores["positive"]
     crowd = [("topics", " ".join(WORDS * 4))] * 15 + [("sentiment", text)]

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from bitfit_deploy.commands._options import POOLING_CHOICES, model_option
+from bitfit_deploy.manifest import INT8_ACTIVATIONS
 
 
 @click.command()
@@ -46,7 +47,22 @@ from bitfit_deploy.commands._options import POOLING_CHOICES, model_option
     "--quantize",
     type=click.Choice(["int8"]),
     default=None,
-    help="Also write model.int8.onnx (ONNX Runtime dynamic int8 of the frozen weights).",
+    help="Also write model.int8.onnx: int8 frozen weights and activations, batch-invariant.",
+)
+@click.option(
+    "--int8-activations",
+    type=click.Choice(INT8_ACTIVATIONS),
+    default="static",
+    show_default=True,
+    help="static: scales calibrated at export (fastest; the runtime checks each new task's "
+    "ranges); per-token: scales computed per token at run time (nothing to calibrate, ~20% slower).",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Static int8: UTF-8 texts like those you serve, one per line (a tab splits a pair) "
+    "[default: shipped SST-2 and TREC sentences].",
 )
 @click.option(
     "--bake",
@@ -65,6 +81,8 @@ def command(
     max_length: int | None,
     opset: int,
     quantize: str | None,
+    int8_activations: str,
+    calibration: str | None,
     bake: tuple[str, ...],
     force: bool,
 ) -> None:
@@ -81,6 +99,8 @@ def command(
         force=force,
         quantize=quantize,
         bake=list(bake),
+        int8_activations=int8_activations,
+        calibration=calibration,
     )
     baked = f", baked {', '.join(manifest.baked)}" if manifest.baked else ""
     click.echo(
