@@ -3,6 +3,13 @@
 Shared machines are noisy: one pair of timings can be off by 15%. A ratio is therefore the
 median of per-repetition ratios (A and B timed back to back, order alternating), with its
 spread (10th-90th percentile), never a ratio of two separate medians.
+
+Interleaving has a trap of its own: after a run, ONNX Runtime's worker threads spin for a while
+(`session.intra_op.allow_spinning`, on by default), and the spinning pool of the session just timed
+takes the cores from the next one. Measured on 2 cores, fp32 and int8 MiniLM sessions alternating:
+166 and 100 ms a run, against 71 and 33 ms with a 50 ms pause before each run, or 76 and 36 ms with
+spinning off. So interleaved sessions here run with spinning off (as the server's do), or after
+`SPIN_PAUSE_S` when spinning itself is compared.
 """
 
 from __future__ import annotations
@@ -12,6 +19,9 @@ import platform
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+
+SPIN_PAUSE_S = 0.05
+"""Idle time before a timed run of a spinning session, so that other pools have gone to sleep."""
 
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 

@@ -107,6 +107,7 @@ def sessions(bundle: Path, manifest, threads: int, work: Path) -> dict:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see _common
     paths = {
         "per-row fp32": bundle / manifest.variants["fp32"],
         "baked fp32": bundle / next(iter(manifest.baked.values())),

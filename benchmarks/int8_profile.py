@@ -1,13 +1,15 @@
-"""Where the int8 graph's time goes (ONNX Runtime's profiler), and which session settings help.
+"""Where the int8 graphs' time goes (ONNX Runtime's profiler), and which session settings help.
 
-Exports the packaged all-MiniLM-L6-v2 as a bundle with its int8 variant (no tasks: the base biases
-are fed to every row), then, at 8 x 64 and 32 x 27 tokens:
+Exports the packaged all-MiniLM-L6-v2 twice with an int8 variant, static scales (the default) and
+per-token scales (no tasks: the base biases are fed to every row), then, at 8 x 64 and 32 x 27
+tokens:
 
-- profiles the fp32 and int8 per-row graphs (one thread, so kernel times add up) and prints each
-  graph's share of time in matrix multiplies, per-token quantization, per-row bias adds and the
-  rest, with the top operators;
+- profiles the fp32 and both int8 per-row graphs (one thread, so kernel times add up) and prints
+  each graph's share of time in matrix multiplies, activation quantization (scales, smoothing,
+  QuantizeLinear, the per-token rescale), per-row bias adds and the rest, with the top operators;
 - times session settings side by side (graph optimization level, intra-op threads, spinning),
-  repetitions interleaved, and prints int8 speed-ups over fp32 as medians of paired ratios.
+  repetitions interleaved, and prints each int8 graph's speed-up over fp32 as the median of
+  paired ratios with its p10-p90 spread.
 
 Run: `.venv/bin/python benchmarks/int8_profile.py [--quick] [--bundle DIR]`.
 """
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import cpu_description, format_ratio, paired_ratio
+from _common import SPIN_PAUSE_S, cpu_description, format_ratio, paired_ratio
 from tqdm import tqdm
 
 MATMUL = {"MatMul", "MatMulIntegerToFloat", "FusedMatMul", "MatMulInteger", "Gemm", "QGemm"}
@@ -53,11 +55,13 @@ def feeds_for(session, base: dict, batch: int, tokens: int) -> dict:
 
 
 def category(op: str, shapes: list) -> str:
-    """matmul / per-token quantization / per-row bias add / other."""
+    """matmul / activation quantization / per-row bias add / other."""
     if op in MATMUL:
         return "matrix multiplies"
-    if op in QUANT or (op == "Mul" and len(shapes) == 2 and shapes[1][-1:] == [1]):
-        return "per-token quantization"
+    per_token_rescale = op == "Mul" and len(shapes) == 2 and shapes[1][-1:] == [1]
+    smoothing = op == "Mul" and len(shapes) == 2 and len(shapes[1]) == 1 and shapes[1][0] > 1
+    if op in QUANT or per_token_rescale or smoothing:
+        return "activation quantization"
     if op == "Add" and len(shapes) == 2 and len(shapes[1]) == 3 and shapes[1][1] == 1:
         return "per-row bias adds"
     return "everything else"
@@ -117,21 +121,29 @@ def session(path: Path, level: str, threads: int, spin: bool):
 
 
 def time_settings(graphs: dict, feeds: dict, threads: int, reps: int) -> dict:
-    """(setting, variant) -> per-repetition ms, all interleaved."""
-    sessions = {
-        (name, variant): session(path, *cfg)
-        for name, cfg in settings(threads).items()
-        for variant, path in graphs.items()
-    }
-    for s in sessions.values():
-        s.run(None, feeds)
-    times: dict = {k: [] for k in sessions}
-    keys = list(sessions)
-    for rep in tqdm(range(reps), desc="settings", file=sys.stdout):
-        for k in keys[rep % len(keys) :] + keys[: rep % len(keys)]:
-            start = time.perf_counter()
-            sessions[k].run(None, feeds)
-            times[k].append((time.perf_counter() - start) * 1e3)
+    """(setting, variant) -> per-repetition ms; one setting at a time, its variants interleaved.
+
+    Sessions of one setting only exist together, and a spinning session is timed after
+    `SPIN_PAUSE_S` idle, so no other session's spinning threads take its cores (see _common).
+    """
+    times: dict = {}
+    for name, (level, n_threads, spin) in tqdm(
+        settings(threads).items(), desc="settings", file=sys.stdout
+    ):
+        sessions = {v: session(path, level, n_threads, spin) for v, path in graphs.items()}
+        for s in sessions.values():
+            s.run(None, feeds)
+        keys = list(sessions)
+        for key in keys:
+            times[name, key] = []
+        for rep in range(reps):
+            for key in keys[rep % len(keys) :] + keys[: rep % len(keys)]:
+                if spin:
+                    time.sleep(SPIN_PAUSE_S)
+                start = time.perf_counter()
+                sessions[key].run(None, feeds)
+                times[name, key].append((time.perf_counter() - start) * 1e3)
+        del sessions
     return times
 
 
@@ -145,17 +157,24 @@ def main() -> None:
     runs, reps = (5, 5) if args.quick else (20, 30)
     from safetensors.numpy import load_file
 
+    from bitfit_deploy.exporters import export_bundle
     from bitfit_deploy.manifest import read_manifest
 
     with tempfile.TemporaryDirectory(prefix="bitfit-int8-profile-") as tmp:
         bundle = args.bundle
         if bundle is None:
-            from bitfit_deploy.exporters import export_bundle
-
             bundle = Path(tmp) / "bundle"
             export_bundle(bundle, quantize="int8")
+        per_token = Path(tmp) / "per-token"
+        export_bundle(per_token, quantize="int8", int8_activations="per-token", progress=False)
         manifest = read_manifest(bundle)
-        graphs = {v: bundle / manifest.variants[v] for v in ("fp32", "int8")}
+        scheme = manifest.quantization.get("int8", {}).get("activations", "per-token")
+        graphs = {
+            "fp32": bundle / manifest.variants["fp32"],
+            f"int8 {scheme}": bundle / manifest.variants["int8"],
+        }
+        if scheme != "per-token":
+            graphs["int8 per-token"] = per_token / manifest.variants["int8"]
         base = load_file(str(bundle / "base.safetensors"))
         print(f"CPU: {cpu_description()}")
         for shape in args.shapes.split(","):
@@ -170,13 +189,18 @@ def main() -> None:
                 )
                 print(f"  {variant}: {line}\n    top operators: {top}")
             times = time_settings(graphs, feeds, args.threads, reps)
-            print(f"  int8 speed-up over fp32 by session setting ({reps} interleaved repetitions):")
+            print(
+                f"  speed-up over fp32 by session setting ({args.threads} threads unless named; "
+                f"{reps} interleaved repetitions):"
+            )
             for name in settings(args.threads):
-                fp32, int8 = times[name, "fp32"], times[name, "int8"]
-                print(
-                    f"    {name:24s} fp32 {statistics.median(fp32):7.2f} ms  int8 {statistics.median(int8):7.2f} ms"
-                    f"  speed-up {format_ratio(paired_ratio(fp32, int8))}"
-                )
+                fp32 = times[name, "fp32"]
+                cells = [f"fp32 {statistics.median(fp32):6.1f} ms"]
+                for variant in list(graphs)[1:]:
+                    ms = times[name, variant]
+                    ratio = format_ratio(paired_ratio(fp32, ms))
+                    cells.append(f"{variant} {statistics.median(ms):6.1f} ms = {ratio}")
+                print(f"    {name:24s} " + " | ".join(cells))
 
 
 if __name__ == "__main__":

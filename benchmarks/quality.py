@@ -298,8 +298,12 @@ def int8_job(task: str, method: str, args: argparse.Namespace) -> dict[str, Any]
     delta = args.work / "deltas" / f"{task}--{method}.safetensors"
     if not delta.is_file():
         return None
+    from bitfit_deploy.manifest import read_manifest
+
+    bundle = ensure_bundle(args)
+    scheme = read_manifest(bundle, verify=False).quantization.get("int8", {})
     report = evaluate(
-        ensure_bundle(args),
+        bundle,
         str(delta),
         args.data / spec.dev,
         preset=spec.preset,
@@ -312,6 +316,7 @@ def int8_job(task: str, method: str, args: argparse.Namespace) -> dict[str, Any]
         "task": task,
         "method": method,
         "variant": "int8",
+        "int8_activations": scheme.get("activations", "per-token"),
         "settings": _settings(task, method, args),
         "dev_rows": report.rows,
         "eval_seconds": round(report.seconds, 2),

@@ -119,7 +119,7 @@ texts = args["texts"]
 if args["mode"] == "runtime":
     from bitfit_deploy.runtime import Runtime
     before = proc.memory_info().rss
-    rt = Runtime(args["bundle"], threads=args["threads"], load_bundle_tasks=False)
+    rt = Runtime(args["bundle"], threads=args["threads"], load_bundle_tasks=False, spin_wait=False)
     names = [rt.load_task(args["deltas"][0])]
     for _ in range(3):  # RSS settles after a few runs (allocator and arena warm-up)
         rt.predict_mixed([(names[0], t) for t in texts])
@@ -135,7 +135,7 @@ else:
     m = read_manifest(args["bundle"])
     tok = BundleTokenizer(args["bundle"] + "/tokenizer.json", m.max_length, m.pad_token_id, m.text_inputs)
     before = proc.memory_info().rss
-    sessions = [create_session(p, "cpu", args["threads"]) for p in args["baked"]]
+    sessions = [create_session(p, "cpu", args["threads"], spin_wait=False) for p in args["baked"]]
     feeds = tok.pad(tok.encode(texts))
     for _ in range(3):
         for s in sessions:
@@ -241,7 +241,9 @@ def bench_switching(
     def new_sessions(k: int) -> Step:
         def step() -> int:
             for i in range(2 * k, 2 * k + 2):  # every request is for another task than the last
-                session = create_session(setup["baked"][i % N_BAKED], "cpu", threads)
+                session = create_session(
+                    setup["baked"][i % N_BAKED], "cpu", threads, spin_wait=False
+                )
                 session.run(None, tok.pad(tok.encode([texts[i % len(texts)]])))
             return 2
 
@@ -299,7 +301,7 @@ def bench_batching(
 
     from bitfit_deploy.runtime.providers import create_session
 
-    bare = create_session(rt._variant_path("fp32"), "cpu", threads)
+    bare = create_session(rt._variant_path("fp32"), "cpu", threads, spin_wait=False)
     formed = [recorded_feeds(rt, [requests[i] for i in r]) for r in sorted_runs]
 
     def bare_runs(feeds: list[dict]) -> Step:
@@ -474,7 +476,13 @@ def main(argv: list[str] | None = None) -> dict:
         setup = prepare(Path(tmp), N_TASKS_MEMORY)
         results: dict = {"memory": bench_memory(setup, texts, args.threads, mem_reps)}
         rts = {
-            v: Runtime(setup["bundle"], threads=args.threads, variant=v, load_bundle_tasks=False)
+            v: Runtime(
+                setup["bundle"],
+                threads=args.threads,
+                variant=v,
+                load_bundle_tasks=False,
+                spin_wait=False,  # interleaved with other sessions: see _common
+            )
             for v in ("fp32", "int8")
         }
         for rt in rts.values():

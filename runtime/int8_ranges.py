@@ -1,17 +1,23 @@
 """Static int8: check how much of a task's activations falls outside the ranges calibrated at export.
 
 A static int8 graph clips each quantized activation at the value calibrated on the base and the
-exported tasks. A task added later runs the bundle's range probe (the int8 graph plus, per
-quantized tensor, the share of values beyond its clip: `INT8_PROBE_FILE`) on a few calibration
-texts, one unpadded text a run. The worst tensor's share goes into `TaskInfo.int8_clipped`, with a
-warning above `CLIPPED_WARNING`. The probe session opens on the first check and stays open (about
-the int8 graph's memory again); `Runtime(..., check_int8_ranges=False)` skips all of it.
+exported tasks. Each task loaded into a static int8 runtime runs the bundle's range probe (the int8
+graph plus, per quantized tensor, the share of values beyond its clip: `INT8_PROBE_FILE`) on a few
+calibration texts. The worst tensor's share goes into `TaskInfo.int8_clipped`, with a warning above
+`CLIPPED_WARNING`.
+
+The check never delays serving: a background thread runs it after the task is loaded, for up to
+`CHECK_BATCH` waiting tasks at once (rows of one run are tasks, all on the same text, so nothing
+is padded); `int8_clipped` is None until it is done (`Runtime.wait_for_int8_checks` waits). The
+probe session opens on the first check and stays open (about the int8 graph's memory again);
+`Runtime(..., check_int8_ranges=False)` skips all of it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +35,13 @@ CLIPPED_WARNING = 0.02
 calibration texts: 8 real BitFit tasks clip at most 0.7% and keep int8 within 0.5 points of fp32;
 an MRPC delta doubled clips 2.6% and its int8 predictions agree with fp32 on 96.3% of rows."""
 
+CHECK_BATCH = 32
+"""Tasks checked together in one probe run per calibration text."""
+
 log = logging.getLogger("bitfit_deploy.runtime")
+
+CheckResult = tuple[str, LoadedTask, float, str]
+"""(task name, the task as it was checked, share clipped in its worst tensor, that tensor)."""
 
 
 class RangeProbe:
@@ -71,17 +83,17 @@ class RangeProbe:
             return None
         return cls(bundle_dir, manifest, spec, layout, threads, use_markers)
 
-    def clipped(self, task: LoadedTask) -> tuple[float, str]:
-        """The share of values clipped in the task's worst tensor, and that tensor's output name."""
-        share = dict.fromkeys(self.outputs, 0.0)
+    def clipped(self, tasks: Sequence[LoadedTask]) -> list[tuple[float, str]]:
+        """Per task: the share of values clipped in its worst tensor, and that tensor's output."""
+        share = np.zeros((len(tasks), len(self.outputs)))
         with self._lock:
             engine = self._open()
-            for text in self._rows:  # one unpadded text a run: padding would count
-                values = engine.session.run(self.outputs, engine.feeds([task], text))
-                for name, value in zip(self.outputs, values, strict=True):
-                    share[name] += float(value[0]) / len(self._rows)
-        worst = max(share, key=share.__getitem__)
-        return share[worst], worst
+            for text in self._rows:  # one text for every row: no padding, which would count
+                tiled = {k: np.repeat(v, len(tasks), axis=0) for k, v in text.items()}
+                values = engine.session.run(self.outputs, engine.feeds(tasks, tiled))
+                share += np.stack(values, axis=1) / len(self._rows)
+        worst = share.argmax(axis=1)
+        return [(float(share[i, w]), self.outputs[w]) for i, w in enumerate(worst)]
 
     def _open(self) -> HostEngine:
         if self._engine is None:
@@ -96,6 +108,51 @@ class RangeProbe:
             session = create_session(probe, "cpu", self._threads, spin_wait=False)
             self._engine = HostEngine(session, self._layout, self.manifest.hidden_size)
         return self._engine
+
+
+class RangeChecker:
+    """Checks submitted tasks in a background thread, in batches; reports through `on_results`.
+
+    The thread runs only while tasks wait, so an idle runtime holds no thread. A failed check
+    (a probe file that fails its checksum, say) is logged and leaves `int8_clipped` None.
+    """
+
+    def __init__(self, probe: RangeProbe, on_results: Callable[[list[CheckResult]], None]) -> None:
+        self._probe = probe
+        self._on_results = on_results
+        self._pending: list[tuple[str, LoadedTask]] = []
+        self._running = False
+        self._cond = threading.Condition()
+
+    def submit(self, name: str, task: LoadedTask) -> None:
+        """Queue `task` (loaded as `name`) for a check."""
+        with self._cond:
+            self._pending.append((name, task))
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._work, name="int8-range-check", daemon=True).start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every submitted task is checked; False if `timeout` seconds pass first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._running, timeout)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                batch, self._pending = self._pending[:CHECK_BATCH], self._pending[CHECK_BATCH:]
+                if not batch:
+                    self._running = False
+                    self._cond.notify_all()
+                    return
+            try:
+                shares = self._probe.clipped([task for _, task in batch])
+                results = [(n, t, *r) for (n, t), r in zip(batch, shares, strict=True)]
+                self._on_results(results)
+            except Exception as exc:  # reported, never raised into serving
+                log.error(
+                    "int8 range check of %s failed: %s", ", ".join(repr(n) for n, _ in batch), exc
+                )
 
 
 def warn_if_clipped(name: str, share: float, where: str) -> None:

@@ -6,8 +6,9 @@ threads never change a run under way; a load that fails leaves the table as it w
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -131,6 +132,18 @@ class TaskRegistry:
                 )
             tasks[name] = task
             self._snapshot = self._make(tasks)
+
+    def update_infos(self, updates: Sequence[tuple[LoadedTask, TaskInfo]]) -> None:
+        """Give tasks new descriptions (same rows and heads); skip any unloaded or replaced since."""
+        with self._lock:
+            tasks = dict(self._snapshot.tasks)
+            for task, info in updates:
+                if tasks.get(info.name) is task:
+                    tasks[info.name] = dataclasses.replace(task, info=info)
+            # same tasks in the same order: the slots and device tables stay valid
+            self._snapshot = Snapshot(
+                MappingProxyType(tasks), self._snapshot.slots, self._snapshot.device
+            )
 
     def remove(self, name: str) -> None:
         """Drop task `name`; TaskNotFoundError if it is not loaded."""

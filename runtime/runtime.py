@@ -24,7 +24,7 @@ from bitfit_deploy.manifest import BASE_FILE, TOKENIZER_FILE, Manifest, read_man
 from bitfit_deploy.runtime.batching import plan_runs
 from bitfit_deploy.runtime.engine import BoundEngine, HostEngine
 from bitfit_deploy.runtime.inputs import check_input, describe
-from bitfit_deploy.runtime.int8_ranges import RangeProbe, warn_if_clipped
+from bitfit_deploy.runtime.int8_ranges import CheckResult, RangeChecker, RangeProbe, warn_if_clipped
 from bitfit_deploy.runtime.providers import create_session
 from bitfit_deploy.runtime.registry import BiasLayout, Snapshot, TaskRegistry, prepare_task
 from bitfit_deploy.runtime.results import Prediction, TaskInfo, make_prediction
@@ -59,9 +59,9 @@ class Runtime:
             verified marker still matches (size, mtime, ctime, inode: see
             `bitfit_deploy.integrity` for what that does not catch); "loaded" always hashes
             them; "full" hashes every file of the bundle, unused variants included.
-        check_int8_ranges: on a static int8 variant, run each task added through the bundle's
-            range probe and record `TaskInfo.int8_clipped`, warning when much of it leaves the
-            calibrated range (see `bitfit_deploy.runtime.int8_ranges`).
+        check_int8_ranges: on a static int8 variant, run each task loaded through the bundle's
+            range probe in the background and record `TaskInfo.int8_clipped`, warning when much
+            of it leaves the calibrated range (see `bitfit_deploy.runtime.int8_ranges`).
     """
 
     def __init__(
@@ -112,7 +112,7 @@ class Runtime:
         else:
             self._engine = HostEngine(session, self._layout, hidden)
         self._registry = TaskRegistry(self._engine.build_device)
-        self._range_probe = (
+        probe = (
             RangeProbe.for_variant(
                 self.bundle_dir,
                 self.manifest,
@@ -124,6 +124,7 @@ class Runtime:
             if check_int8_ranges
             else None
         )
+        self._range_checker = RangeChecker(probe, self._record_int8_checks) if probe else None
         if load_bundle_tasks:
             for rel in self.manifest.tasks:
                 self.load_task(self.bundle_dir / rel)
@@ -156,6 +157,14 @@ class Runtime:
     def tasks(self) -> dict[str, TaskInfo]:
         """A snapshot of the loaded tasks: name -> TaskInfo."""
         return {name: t.info for name, t in self._registry.snapshot().tasks.items()}
+
+    def wait_for_int8_checks(self, timeout: float | None = None) -> bool:
+        """Block until the int8 range check of every loaded task is done (see `TaskInfo.int8_clipped`).
+
+        The checks run in the background on a static int8 variant and never delay serving.
+        Returns False if `timeout` seconds pass first; True at once when there is nothing to check.
+        """
+        return True if self._range_checker is None else self._range_checker.wait(timeout)
 
     # ------------------------------------------------------------- predicting
     def validate_input(self, task: str, item: Any, index: int = 0) -> TextInput:
@@ -226,13 +235,17 @@ class Runtime:
             raise InvalidInputError(f"task name must be a non-empty string, got {name!r}.")
         max_length = self._task_max_length(delta, name, source)
         task = prepare_task(delta, name, self._base_row, self._layout, max_length)
-        if self._range_probe is not None:
-            share, where = self._range_probe.clipped(task)
-            info = dataclasses.replace(task.info, int8_clipped=round(share, 6))
-            task = dataclasses.replace(task, info=info)
-            warn_if_clipped(name, share, where)
         self._registry.add(task, replace=replace)
+        if self._range_checker is not None:
+            self._range_checker.submit(name, task)
         return name
+
+    def _record_int8_checks(self, results: list[CheckResult]) -> None:
+        updates = []
+        for name, task, share, where in results:
+            updates.append((task, dataclasses.replace(task.info, int8_clipped=round(share, 6))))
+            warn_if_clipped(name, share, where)
+        self._registry.update_infos(updates)
 
     def _task_max_length(self, delta: TaskDelta, name: str, source: str) -> int:
         """Where the task's inputs are cut: as in training, capped (with a warning) by the bundle."""

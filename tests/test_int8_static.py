@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 
@@ -17,7 +18,7 @@ from runtime_fixtures import SENTENCES, synthetic_delta
 
 from bitfit_deploy.cli import main
 from bitfit_deploy.delta import save_delta
-from bitfit_deploy.errors import BundleError, DataError, ExportOptionError
+from bitfit_deploy.errors import DataError, ExportOptionError
 from bitfit_deploy.exporters.bundle import export_bundle
 from bitfit_deploy.exporters.calibrate import read_calibration_texts
 from bitfit_deploy.exporters.quantize import (
@@ -36,6 +37,20 @@ def bundle(tiny_bert, tmp_path_factory):
     out = tmp_path_factory.mktemp("static") / "b"
     export_bundle(out, model=str(tiny_bert), quantize="int8", progress=False)
     return out
+
+
+_FILES = itertools.count()
+
+
+def _load(rt: Runtime, delta, folder, name: str | None = None, replace: bool = False) -> str:
+    """Load `delta` through a file of its own, as users do."""
+    path = save_delta(delta, folder / f"{delta.metadata.task}-{next(_FILES)}.safetensors")
+    return rt.load_task(path, name=name, replace=replace)
+
+
+def _clipped(rt: Runtime, name: str) -> float | None:
+    assert rt.wait_for_int8_checks(timeout=60)
+    return rt.tasks[name].int8_clipped
 
 
 def _loud(manifest, name: str, scale: float, seed: int = 3):
@@ -59,29 +74,43 @@ def test_manifest_records_the_calibration_and_the_probe(bundle):
     ).stat().st_size
 
 
-def test_static_int8_stays_close_to_fp32(bundle):
+def test_static_int8_stays_close_to_fp32(bundle, tmp_path):
     fp32, int8 = (Runtime(bundle, variant=v, threads=1) for v in ("fp32", "int8"))
     delta = synthetic_delta(read_manifest(bundle), "mild", seed=1)
     delta = dataclasses.replace(delta, biases={k: v * 0.1 for k, v in delta.biases.items()})
     for rt in (fp32, int8):
-        rt._add(delta, None, False, "test")
+        _load(rt, delta, tmp_path)
     want = np.array([list(p.scores.values()) for p in fp32.predict("mild", SENTENCES)])
     got = np.array([list(p.scores.values()) for p in int8.predict("mild", SENTENCES)])
     np.testing.assert_allclose(got, want, atol=0.05)
     assert not np.array_equal(got, want)  # really the quantized graph
 
 
-def test_probe_measures_clipping_and_warns_for_a_task_past_the_calibration(bundle, caplog):
+def test_probe_measures_clipping_and_warns_for_a_task_past_the_calibration(
+    bundle, tmp_path, caplog
+):
     manifest = read_manifest(bundle)
     rt = Runtime(bundle, variant="int8", threads=1)
     with caplog.at_level(logging.WARNING, logger="bitfit_deploy.runtime"):
-        rt._add(_loud(manifest, "quiet", 0.01), None, False, "test")
-        assert not caplog.records
-        rt._add(_loud(manifest, "loud", 20.0), None, False, "test")
-    quiet, loud = rt.tasks["quiet"].int8_clipped, rt.tasks["loud"].int8_clipped
-    assert quiet is not None and quiet < 0.005
-    assert loud > CLIPPED_WARNING
+        _load(rt, _loud(manifest, "quiet", 0.01), tmp_path)
+        assert _clipped(rt, "quiet") < 0.005 and not caplog.records
+        _load(rt, _loud(manifest, "loud", 20.0), tmp_path)
+        assert _clipped(rt, "loud") > CLIPPED_WARNING
     assert "'loud' clips" in caplog.text and "--variant int8" in caplog.text
+    assert rt.predict("loud", SENTENCES[:1])[0].task == "loud"
+
+
+def test_checks_run_in_the_background_in_batches_and_follow_replacements(bundle, tmp_path):
+    manifest = read_manifest(bundle)
+    rt = Runtime(bundle, variant="int8", threads=1)
+    names = [_load(rt, _loud(manifest, f"t{i}", 0.01, seed=i), tmp_path) for i in range(40)]
+    assert rt.predict_mixed([(n, "good") for n in names[:3]])  # serving does not wait
+    # replaced at once: the loud task's check must not land on the quiet task that replaced it
+    _load(rt, _loud(manifest, "swap", 20.0), tmp_path)
+    _load(rt, _loud(manifest, "swap", 0.01), tmp_path, replace=True)
+    assert rt.wait_for_int8_checks(timeout=60)
+    assert all(rt.tasks[n].int8_clipped is not None for n in names)
+    assert rt.tasks["swap"].int8_clipped < 0.005
 
 
 def test_calibration_covers_the_tasks_exported_with_the_bundle(tiny_bert, bundle, tmp_path):
@@ -92,10 +121,10 @@ def test_calibration_covers_the_tasks_exported_with_the_bundle(tiny_bert, bundle
         tmp_path / "with", model=str(tiny_bert), tasks=[path], quantize="int8", progress=False
     )
     assert read_manifest(tmp_path / "with").quantization["int8"]["calibration"]["tasks"] == ["loud"]
-    covered = Runtime(tmp_path / "with", variant="int8", threads=1).tasks["loud"].int8_clipped
+    covered = _clipped(Runtime(tmp_path / "with", variant="int8", threads=1), "loud")
     rt = Runtime(bundle, variant="int8", threads=1)
     rt.load_task(path)
-    uncovered = rt.tasks["loud"].int8_clipped
+    uncovered = _clipped(rt, "loud")
     assert covered < CLIPPED_WARNING < uncovered and uncovered > 5 * covered
 
 
@@ -106,8 +135,8 @@ def test_no_probe_on_fp32_when_switched_off_or_per_token(tiny_bert, bundle, tmp_
         Runtime(bundle, variant="fp32", threads=1),
         Runtime(bundle, variant="int8", threads=1, check_int8_ranges=False),
     ):
-        rt._add(delta, None, False, "test")
-        assert rt.tasks["loud"].int8_clipped is None
+        _load(rt, delta, tmp_path)
+        assert _clipped(rt, "loud") is None
     export_bundle(
         tmp_path / "pt",
         model=str(tiny_bert),
@@ -118,11 +147,11 @@ def test_no_probe_on_fp32_when_switched_off_or_per_token(tiny_bert, bundle, tmp_
     assert per_token.quantization == {"int8": {"activations": "per-token"}}
     assert not (tmp_path / "pt" / INT8_PROBE_FILE).exists()
     rt = Runtime(tmp_path / "pt", variant="int8", threads=1)
-    rt._add(delta, None, False, "test")
-    assert rt.tasks["loud"].int8_clipped is None
+    _load(rt, delta, tmp_path)
+    assert _clipped(rt, "loud") is None
 
 
-def test_a_tampered_probe_is_refused_when_a_task_is_checked(bundle, tmp_path):
+def test_a_tampered_probe_is_reported_and_serving_goes_on(bundle, tmp_path, caplog):
     import shutil
 
     copy = tmp_path / "b"
@@ -130,9 +159,12 @@ def test_a_tampered_probe_is_refused_when_a_task_is_checked(bundle, tmp_path):
     data = bytearray((copy / INT8_CALIBRATION_FILE).read_bytes())
     data[-1] ^= 1
     (copy / INT8_CALIBRATION_FILE).write_bytes(bytes(data))
-    rt = Runtime(copy, variant="int8", threads=1)  # not loaded yet: opening is not slowed
-    with pytest.raises(BundleError, match=INT8_CALIBRATION_FILE):
-        rt._add(synthetic_delta(read_manifest(copy, verify=False), "t"), None, False, "test")
+    rt = Runtime(copy, variant="int8", threads=1)  # the probe's files are checked when it opens
+    with caplog.at_level(logging.ERROR, logger="bitfit_deploy.runtime"):
+        _load(rt, synthetic_delta(read_manifest(copy, verify=False), "t"), tmp_path)
+        assert _clipped(rt, "t") is None
+    assert "int8 range check of 't' failed" in caplog.text and INT8_CALIBRATION_FILE in caplog.text
+    assert rt.predict("t", SENTENCES[:1])[0].task == "t"
 
 
 def test_calibration_file_is_read_and_recorded(tiny_bert, tmp_path):
@@ -255,5 +287,5 @@ def test_old_manifests_without_quantization_still_read(bundle, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(data))
     assert read_manifest(copy, verify=False).quantization == {}
     rt = Runtime(copy, variant="int8", threads=1)  # no probe: treated as before
-    rt._add(synthetic_delta(read_manifest(copy, verify=False), "t"), None, False, "test")
-    assert rt.tasks["t"].int8_clipped is None
+    _load(rt, synthetic_delta(read_manifest(copy, verify=False), "t"), tmp_path)
+    assert _clipped(rt, "t") is None
