@@ -58,6 +58,8 @@ class EvalReport:
     truncated: int
     """Inputs cut at the bundle's max length."""
     compare_torch: dict[str, Any] | None = None
+    dropped: dict[str, list[str]] = field(default_factory=dict)
+    """With `drop_empty`: why rows were skipped -> where (not scored)."""
     created: str = ""
     tool_version: str = __version__
     logits: np.ndarray | None = field(default=None, repr=False)
@@ -76,6 +78,9 @@ class EvalReport:
         line = f"{self.task} ({self.variant}, {self.rows:,} rows, {self.seconds:.1f} s): {shown}"
         if self.compare_torch is not None:
             line += f"; max |logit diff| vs PyTorch {self.compare_torch['max_abs_logit_diff']:.2e}"
+        skipped = sum(len(where) for where in self.dropped.values())
+        if skipped:
+            line += f"; {skipped:,} rows with empty fields skipped"
         return line
 
 
@@ -91,6 +96,8 @@ def evaluate(
     batch_size: int = 32,
     max_rows: int | None = None,
     progress: bool = True,
+    quoting: str | None = None,
+    drop_empty: bool = False,
 ) -> EvalReport:
     """Predict every row of `data` for `task` with the runtime and score it.
 
@@ -99,13 +106,14 @@ def evaluate(
         columns, preset: as for training; unset columns default to the preset's, then to the
             columns the task was trained on (recorded in its delta), then to common names.
         max_rows: score only the first N rows (quick checks).
+        quoting, drop_empty: as for training (`--quoting`, `--drop-empty`).
     """
     from bitfit_deploy.runtime import Runtime
 
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1, got {batch_size}.")
     delta, from_file = _find_delta(bundle, task)
-    split = read_eval_data(data, delta, columns, preset)
+    split = read_eval_data(data, delta, columns, preset, quoting=quoting, drop_empty=drop_empty)
     if max_rows is not None:
         split = Split(
             split.texts[:max_rows],
@@ -141,6 +149,7 @@ def evaluate(
         confusion=scored["confusion"],
         seconds=seconds,
         truncated=truncated,
+        dropped=dict(split.report.dropped) if split.report is not None else {},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         logits=logits,
     )
@@ -151,6 +160,8 @@ def read_eval_data(
     delta: TaskDelta,
     columns: Columns | None = None,
     preset: str | None = None,
+    quoting: str | None = None,
+    drop_empty: bool = False,
 ) -> Split:
     """Read labelled rows for `delta`'s task with the training reader; labels must be the task's."""
     from bitfit_deploy.presets import get_preset
@@ -186,6 +197,8 @@ def read_eval_data(
         meta.problem_type,
         label_names=None if regression else list(meta.labels),
         label_map=label_map,
+        quoting=quoting,
+        drop_empty=drop_empty,
     )
     return data.train
 
@@ -254,6 +267,8 @@ def compare_with_torch(
     batch_size: int = 32,
     max_rows: int | None = None,
     progress: bool = True,
+    quoting: str | None = None,
+    drop_empty: bool = False,
 ) -> dict[str, Any]:
     """Run the PyTorch reference (base + delta) on the same rows; the largest logit difference.
 
@@ -265,7 +280,7 @@ def compare_with_torch(
     from bitfit_deploy.modeling import apply_delta, base_fingerprint, load_encoder
 
     delta, _ = _find_delta(bundle, task)
-    split = read_eval_data(data, delta, columns, preset)
+    split = read_eval_data(data, delta, columns, preset, quoting=quoting, drop_empty=drop_empty)
     n = len(split) if max_rows is None else min(max_rows, len(split))
     manifest = read_manifest(bundle, verify=False)
     encoder, path = load_encoder(model)

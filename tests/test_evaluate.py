@@ -106,6 +106,26 @@ def test_unknown_labels_are_named(bundle, trained, tmp_path, capsys):
     assert "DataError" in capsys.readouterr().err
 
 
+def test_eval_reads_as_training_does_quoting_and_empty_rows(bundle, trained, tmp_path, capsys):
+    """--quoting csv joins a quoted field holding the delimiter; --drop-empty skips and counts."""
+    deltas, _ = trained
+    data = tmp_path / "quoted.csv"
+    data.write_text('sentence,label\n"good, very good",1\n,0\n"dull, so dull",0\nfine,1\n')
+    with pytest.raises(DataError, match="empty"):
+        evaluate(bundle, str(deltas["bitfit"]), data, progress=False, threads=1)
+    report = evaluate(
+        bundle, str(deltas["bitfit"]), data, progress=False, threads=1, drop_empty=True
+    )
+    assert report.rows == 3 and sum(len(w) for w in report.dropped.values()) == 1
+    assert "1 rows with empty fields skipped" in report.summary()
+    tsv = tmp_path / "quoted.tsv"
+    tsv.write_text('sentence\tlabel\n"a\tquoted film"\t1\nplain film\t0\n')
+    args = ["eval", "--bundle", str(bundle), "--task", str(deltas["bitfit"]), "--data", str(tsv)]
+    assert run_cli(args) == 1  # quoting off: the quoted tab splits the row
+    assert run_cli([*args, "--quoting", "csv", "--threads", "1"]) == 0
+    assert "2 rows" in capsys.readouterr().out
+
+
 def test_task_name_not_in_bundle_says_what_to_pass(bundle, trained, capsys):
     _, files = trained
     args = ["eval", "--bundle", str(bundle), "--task", "nope", "--data", str(files["dev"])]

@@ -289,3 +289,20 @@ def test_old_manifests_without_quantization_still_read(bundle, tmp_path):
     rt = Runtime(copy, variant="int8", threads=1)  # no probe: treated as before
     _load(rt, synthetic_delta(read_manifest(copy, verify=False), "t"), tmp_path)
     assert _clipped(rt, "t") is None
+
+
+def test_server_shows_the_check_of_an_uploaded_task(bundle, tmp_path):
+    import httpx
+    from serve_helpers import serve
+
+    from bitfit_deploy.runtime.server import create_app
+
+    rt = Runtime(bundle, variant="int8", threads=1, spin_wait=False)
+    data = save_delta(_loud(read_manifest(bundle), "loud", 20.0), tmp_path / "l.safetensors")
+    headers = {"Authorization": "Bearer t0ken"}
+    with serve(create_app(rt, admin_token="t0ken")) as base:
+        put = httpx.put(f"{base}/v1/tasks/loud", content=data.read_bytes(), headers=headers)
+        assert put.status_code in (200, 201), put.text
+        assert rt.wait_for_int8_checks(timeout=60)
+        info = httpx.get(f"{base}/v1/tasks/loud").json()
+    assert info["int8_clipped"] > CLIPPED_WARNING

@@ -60,3 +60,27 @@ model_option = click.option(
     help="Local Hugging Face encoder folder [default: packaged all-MiniLM-L6-v2].",
 )
 """--model for the commands that load the base encoder (`train`, `export`)."""
+
+
+def reading_options(func: F) -> F:
+    """Add --quoting and --drop-empty: how the training reader reads a data file (train, eval)."""
+    from bitfit_deploy.data_tables import QUOTING
+
+    options = [
+        click.option(
+            "--quoting",
+            type=click.Choice(QUOTING),
+            default=None,
+            help='How TSV/CSV read ": none (a plain character), csv (a field may be quoted, on '
+            "one line) or multiline (a quoted field may hold line breaks) [default: none for "
+            "TSV, csv for CSV].",
+        ),
+        click.option(
+            "--drop-empty",
+            is_flag=True,
+            help="Skip rows whose text or label is empty (the count is printed) instead of stopping.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bitfit_deploy.commands._options import model_option, runtime_options
+from bitfit_deploy.commands._options import model_option, reading_options, runtime_options
 
 
 @click.command()
@@ -53,6 +53,7 @@ from bitfit_deploy.commands._options import model_option, runtime_options
     help="Also run the PyTorch model (base + delta) and report the largest logit difference "
     "(needs the train extra).",
 )
+@reading_options
 @model_option
 @click.option("--force", is_flag=True, help="Overwrite an existing --output.")
 def command(
@@ -70,6 +71,8 @@ def command(
     max_rows: int | None,
     output: Path | None,
     compare_torch: bool,
+    quoting: str | None,
+    drop_empty: bool,
     model: str | None,
     force: bool,
 ) -> None:
@@ -92,9 +95,23 @@ def command(
         threads=threads,
         batch_size=batch_size,
         max_rows=max_rows,
+        quoting=quoting,
+        drop_empty=drop_empty,
     )
     if compare_torch:
-        compare_with_torch(report, bundle, task, data, columns, preset, model, batch_size, max_rows)
+        compare_with_torch(
+            report,
+            bundle,
+            task,
+            data,
+            columns,
+            preset,
+            model,
+            batch_size,
+            max_rows,
+            quoting=quoting,
+            drop_empty=drop_empty,
+        )
     click.echo(report.summary())
     if output is not None:
         write_report(report, output, force=force)

@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from bitfit_deploy.commands._options import POOLING_CHOICES, model_option
+from bitfit_deploy.commands._options import POOLING_CHOICES, model_option, reading_options
 from bitfit_deploy.contract import PROBLEM_TYPES
-from bitfit_deploy.data_tables import QUOTING
 
 if TYPE_CHECKING:
     from bitfit_deploy.data import TaskData
@@ -113,18 +112,7 @@ if TYPE_CHECKING:
     help="[default: the preset's, else single_label]",
 )
 @click.option("--preset", default=None, help="GLUE task preset: sst2, cola, mrpc, rte, stsb, qnli.")
-@click.option(
-    "--quoting",
-    type=click.Choice(QUOTING),
-    default=None,
-    help='How TSV/CSV read ": none (a plain character), csv (a field may be quoted, on one line) '
-    "or multiline (a quoted field may hold line breaks) [default: none for TSV, csv for CSV].",
-)
-@click.option(
-    "--drop-empty",
-    is_flag=True,
-    help="Skip rows whose text or label is empty (the count is printed) instead of stopping.",
-)
+@reading_options
 @click.option(
     "--dry-run",
     is_flag=True,
