@@ -15,8 +15,10 @@ probe session opens on the first check and stays open (about the int8 graph's me
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -114,35 +116,52 @@ class RangeChecker:
     """Checks submitted tasks in a background thread, in batches; reports through `on_results`.
 
     The thread runs only while tasks wait, so an idle runtime holds no thread. A failed check
-    (a probe file that fails its checksum, say) is logged and leaves `int8_clipped` None.
+    (a probe file that fails its checksum, say) is logged and leaves `int8_clipped` None. At
+    interpreter exit, waiting checks are dropped and the one under way is let finish: a thread
+    still inside ONNX Runtime while the process tears down aborts it.
     """
 
     def __init__(self, probe: RangeProbe, on_results: Callable[[list[CheckResult]], None]) -> None:
         self._probe = probe
         self._on_results = on_results
         self._pending: list[tuple[str, LoadedTask]] = []
-        self._running = False
+        self._thread: threading.Thread | None = None
+        self._closed = False
         self._cond = threading.Condition()
+        _LIVE.add(self)
 
     def submit(self, name: str, task: LoadedTask) -> None:
         """Queue `task` (loaded as `name`) for a check."""
         with self._cond:
+            if self._closed:
+                return
             self._pending.append((name, task))
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._work, name="int8-range-check", daemon=True).start()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._work, name="int8-range-check", daemon=True
+                )
+                self._thread.start()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every submitted task is checked; False if `timeout` seconds pass first."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._running, timeout)
+            return self._cond.wait_for(lambda: self._thread is None, timeout)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Drop waiting checks, let the one under way finish, and stop taking new ones."""
+        with self._cond:
+            self._closed = True
+            self._pending.clear()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def _work(self) -> None:
         while True:
             with self._cond:
                 batch, self._pending = self._pending[:CHECK_BATCH], self._pending[CHECK_BATCH:]
                 if not batch:
-                    self._running = False
+                    self._thread = None
                     self._cond.notify_all()
                     return
             try:
@@ -153,6 +172,16 @@ class RangeChecker:
                 log.error(
                     "int8 range check of %s failed: %s", ", ".join(repr(n) for n, _ in batch), exc
                 )
+
+
+_LIVE: weakref.WeakSet[RangeChecker] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_checks() -> None:
+    """Runs before the interpreter tears down, with threads still alive (see RangeChecker)."""
+    for checker in list(_LIVE):
+        checker.close()
 
 
 def warn_if_clipped(name: str, share: float, where: str) -> None:

@@ -306,3 +306,32 @@ def test_server_shows_the_check_of_an_uploaded_task(bundle, tmp_path):
         assert rt.wait_for_int8_checks(timeout=60)
         info = httpx.get(f"{base}/v1/tasks/loud").json()
     assert info["int8_clipped"] > CLIPPED_WARNING
+
+
+def test_a_process_exits_cleanly_with_checks_under_way(bundle, tmp_path):
+    """Exit while the background thread is inside ONNX Runtime: SIGABRT every time before the fix."""
+    import subprocess
+    import sys
+
+    manifest = read_manifest(bundle)
+    paths = [
+        save_delta(_loud(manifest, f"t{i}", 5.0, seed=i), tmp_path / f"t{i}.safetensors")
+        for i in range(64)
+    ]
+    script = (
+        "import sys\n"
+        "from bitfit_deploy.runtime import Runtime\n"
+        "rt = Runtime(sys.argv[1], variant='int8', threads=2)\n"
+        "for p in sys.argv[2:]:\n"
+        "    rt.load_task(p)\n"
+        "print(rt.predict('t0', ['fine'])[0].task)\n"
+    )
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(bundle), *map(str, paths)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == "t0"
