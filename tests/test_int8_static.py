@@ -335,3 +335,20 @@ def test_a_process_exits_cleanly_with_checks_under_way(bundle, tmp_path):
         )
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.strip() == "t0"
+
+
+@pytest.mark.parametrize("arch", ["roberta", "distilbert"])
+def test_static_int8_on_other_architectures(tiny_models, tmp_path, arch):
+    """Calibration, smoothing and the probe work where there are no token_type_ids, too."""
+    out = tmp_path / "b"
+    manifest = export_bundle(out, model=str(tiny_models(arch)), quantize="int8", progress=False)
+    assert manifest.text_inputs == ["input_ids", "attention_mask"]
+    delta = synthetic_delta(manifest, "mild", seed=2)
+    delta = dataclasses.replace(delta, biases={k: v * 0.1 for k, v in delta.biases.items()})
+    fp32, int8 = (Runtime(out, variant=v, threads=1) for v in ("fp32", "int8"))
+    for rt in (fp32, int8):
+        _load(rt, delta, tmp_path)
+    want = np.array([list(p.scores.values()) for p in fp32.predict("mild", SENTENCES)])
+    got = np.array([list(p.scores.values()) for p in int8.predict("mild", SENTENCES)])
+    np.testing.assert_allclose(got, want, atol=0.05)
+    assert _clipped(int8, "mild") < CLIPPED_WARNING
