@@ -206,7 +206,7 @@ def test_export_options_are_checked_before_the_slow_part(tiny_bert, tmp_path):
     assert not (tmp_path / "a").exists()
 
 
-def test_cli_exports_per_token_and_custom_calibration(tiny_bert, tmp_path):
+def test_cli_exports_per_token_and_custom_calibration(tiny_bert, tmp_path, capsys):
     texts = tmp_path / "mine.txt"
     texts.write_text("\n".join(SENTENCES * 2), encoding="utf-8")
     base = ["export", "--onnx", "--model", str(tiny_bert), "--quantize", "int8"]
@@ -218,6 +218,8 @@ def test_cli_exports_per_token_and_custom_calibration(tiny_bert, tmp_path):
             main([*base, *extra])
         assert info.value.code == 0
     assert read_manifest(tmp_path / "s").quantization["int8"]["calibration"]["texts"] == 12
+    out = capsys.readouterr().out
+    assert f"calibrated on 12 texts ({texts})" in out and out.count("int8: static") == 1
     assert read_manifest(tmp_path / "p").quantization["int8"]["activations"] == "per-token"
 
 

@@ -107,3 +107,10 @@ def command(
         f"wrote {output}: {len(manifest.bias_inputs)} bias inputs, pooling {manifest.pooling}, "
         f"{len(manifest.tasks)} task(s), variants {', '.join(manifest.variants)}{baked}"
     )
+    int8 = manifest.quantization.get("int8")
+    if int8 and int8.get("activations") == "static":
+        cal = int8["calibration"]
+        click.echo(
+            f"int8: static activation scales calibrated on {cal['texts']} texts ({cal['source']}) "
+            f"with the base and {len(cal['tasks'])} task(s); tasks loaded later are range-checked"
+        )
