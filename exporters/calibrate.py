@@ -69,7 +69,9 @@ def read_calibration_texts(path: str | os.PathLike[str] | None = None) -> Calibr
             "one text per line."
         ) from None
     items = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split on line feeds only: str.splitlines would also cut a text at U+2028, \x85, \x0c, ...
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         parts = line.split("\t")

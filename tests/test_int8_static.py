@@ -181,6 +181,26 @@ def test_calibration_file_is_read_and_recorded(tiny_bert, tmp_path):
     assert manifest.quantization["int8"]["calibration"]["texts"] == 2 * len(SENTENCES) + 1
 
 
+_line = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\t"), min_size=1
+).filter(str.strip)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    texts=st.lists(st.one_of(_line, st.tuples(_line, _line)), min_size=8, max_size=30),
+    crlf=st.booleans(),
+)
+def test_calibration_files_read_back_as_written(tmp_path_factory, texts, crlf):
+    """Any text (Unicode line separators, form feeds, ...) and pair comes back as written."""
+    path = tmp_path_factory.mktemp("cal") / "texts.txt"
+    lines = [x if isinstance(x, str) else "\t".join(x) for x in texts]
+    path.write_bytes(("\r\n" if crlf else "\n").join(lines).encode("utf-8"))
+    assert read_calibration_texts(path).items == [
+        x if isinstance(x, str) else tuple(x) for x in texts
+    ]
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
