@@ -32,10 +32,14 @@ from bitfit_deploy.runtime.engine import HostEngine
 from bitfit_deploy.runtime.providers import create_session
 from bitfit_deploy.runtime.registry import BiasLayout, LoadedTask
 
-CLIPPED_WARNING = 0.02
-"""Warn above 2% of a tensor's values clipped. Measured on all-MiniLM-L6-v2 with the shipped
-calibration texts: 8 real BitFit tasks clip at most 0.7% and keep int8 within 0.5 points of fp32;
-an MRPC delta doubled clips 2.6% and its int8 predictions agree with fp32 on 96.3% of rows."""
+CLIPPED_WARNING = 0.001
+"""Warn above 0.1% of a tensor's values clipped: a prompt to run `eval --variant int8`, not a
+verdict. Measured on all-MiniLM-L6-v2, calibrated on the shipped texts without these tasks: 6 of 8
+real BitFit tasks clip 0.01-0.04% and score within 0.5 points of fp32; CoLA (0.13%) and RTE (0.61%)
+clip more and still score as fp32 (false alarms); an MRPC delta with its biases tripled clips 0.12%
+and its int8 answers agree with fp32 on only 82% of MRPC dev pairs (98% once exported with the
+bundle, which calibrates on it). Silence is no guarantee either: the probe runs generic texts, not
+the task's own."""
 
 CHECK_BATCH = 32
 """Tasks checked together in one probe run per calibration text."""
@@ -194,7 +198,7 @@ def warn_if_clipped(name: str, share: float, where: str) -> None:
     """Log why a task's int8 scores may drop, and what to do, when `share` passes CLIPPED_WARNING."""
     if share > CLIPPED_WARNING:
         log.warning(
-            "task %r clips %.1f%% of the values of an int8 activation (%s) on the bundle's "
+            "task %r clips %.2f%% of the values of an int8 activation (%s) on the bundle's "
             "calibration texts: its int8 scores may fall below fp32. Check with `bitfit-deploy "
             "eval --variant int8`; serve it with the fp32 variant, or export the bundle again with "
             "the task (--task) so that calibration covers it.",
