@@ -23,6 +23,7 @@ from bitfit_deploy.exporters.graph import check_runtime_inputs, export_per_row_g
 from bitfit_deploy.exporters.quantize import (
     QUANTIZATIONS,
     SMOOTHING_ALPHA,
+    check_int8_activations,
     frozen_matmul_inputs,
     quantize_int8,
     write_range_probe,
@@ -30,7 +31,6 @@ from bitfit_deploy.exporters.quantize import (
 from bitfit_deploy.manifest import (
     BAKED_DIR,
     BASE_FILE,
-    INT8_ACTIVATIONS,
     INT8_CALIBRATION_FILE,
     INT8_PROBE_FILE,
     MANIFEST_FILE,
@@ -85,11 +85,7 @@ def export_bundle(
         raise ExportOptionError(
             f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}."
         )
-    if int8_activations not in INT8_ACTIVATIONS:
-        raise ExportOptionError(
-            f"unknown int8 activation scheme {int8_activations!r}; choose one of "
-            f"{', '.join(INT8_ACTIVATIONS)}."
-        )
+    check_int8_activations(int8_activations)
     static_int8 = quantize == "int8" and int8_activations == "static"
     if calibration is not None and not static_int8:
         raise ExportOptionError(
@@ -118,14 +114,13 @@ def export_bundle(
         pad_id = _save_tokenizer(model_path, tmp)
         variants = {"fp32": VARIANT_FILES["fp32"]}
         quantization: dict[str, dict] = {}
-        clips: dict[str, float] = {}
-        tokenizer = BundleTokenizer(
-            tmp / TOKENIZER_FILE, max_length, pad_id, encoder_inputs(encoder)
-        )
         if quantize == "int8":
-            layout = BiasLayout.from_inputs([BiasInput(n, bias_dims[n]) for n in bias_names])
             maxima = None
             if texts is not None:
+                tokenizer = BundleTokenizer(
+                    tmp / TOKENIZER_FILE, max_length, pad_id, encoder_inputs(encoder)
+                )
+                layout = BiasLayout.from_inputs([BiasInput(n, bias_dims[n]) for n in bias_names])
                 rows = _calibration_rows(params, layout, deltas)
                 maxima = channel_maxima(
                     tmp / VARIANT_FILES["fp32"],
@@ -198,13 +193,10 @@ def export_bundle(
 
 def _calibration_rows(
     params: dict[str, np.ndarray], layout: BiasLayout, deltas: list[tuple[Path, TaskDelta]]
-) -> dict[str, np.ndarray]:
+) -> list[np.ndarray]:
     """Full bias rows to calibrate with: the base's and each exported task's (base + delta)."""
     base = layout.flatten(params)
-    rows = {"(base)": base}
-    for _, delta in deltas:
-        rows[delta.metadata.task] = prepare_task(delta, delta.metadata.task, base, layout).row
-    return rows
+    return [base, *(prepare_task(d, d.metadata.task, base, layout).row for _, d in deltas)]
 
 
 def write_manifest(bundle: Path, manifest: Manifest) -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from bitfit_deploy.commands._inputs import split_lines
 from bitfit_deploy.contract import ATTENTION_MASK
 from bitfit_deploy.errors import DataError
 from bitfit_deploy.runtime.engine import HostEngine
@@ -58,20 +59,22 @@ def read_calibration_texts(path: str | os.PathLike[str] | None = None) -> Calibr
         return CalibrationTexts(items, "shipped (SST-2 and TREC samples)")
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        data = file.read_bytes()
     except FileNotFoundError:
         raise DataError(
             f"calibration file {str(file)!r} does not exist; check --calibration."
         ) from None
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"calibration file {str(file)!r} is not UTF-8 text ({exc}); save it as UTF-8, "
-            "one text per line."
-        ) from None
     items = []
-    # split on line feeds only: str.splitlines would also cut a text at U+2028, \x85, \x0c, ...
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
+    for number, raw in enumerate(split_lines(data), start=1):  # as `predict --input` reads lines
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{file}:{number} is not UTF-8 text (byte {exc.start}); save the file as UTF-8, "
+                "one text per line."
+            ) from None
+        if number == 1:
+            line = line.removeprefix("\ufeff")
         if not line.strip():
             continue
         parts = line.split("\t")
@@ -101,12 +104,12 @@ def channel_maxima(
     tokenizer: BundleTokenizer,
     texts: CalibrationTexts,
     layout: BiasLayout,
-    rows: Mapping[str, np.ndarray],
+    rows: Sequence[np.ndarray],
     hidden: int,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
     """Largest |value| per channel of each of `activations`, over real tokens of every text,
-    run with each bias row of `rows` (name -> full bias row: the base's, each task's)."""
+    run with each full bias row of `rows` (the base's, each task's)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -128,7 +131,7 @@ def channel_maxima(
         total=len(rows) * len(batches), desc="int8 calibration", unit="batch", disable=not progress
     )
     with bar:
-        for row in rows.values():
+        for row in rows:
             task = placeholder_task(row, hidden)
             for batch in batches:
                 text = tokenizer.pad([encoded[i] for i in batch])

@@ -76,6 +76,15 @@ def frozen_matmul_inputs(model_path: str | os.PathLike[str]) -> list[str]:
     return list(dict.fromkeys(n.input[0] for n in _frozen_matmuls(graph)))
 
 
+def check_int8_activations(activations: str) -> None:
+    """ExportOptionError unless `activations` is one of INT8_ACTIVATIONS."""
+    if activations not in INT8_ACTIVATIONS:
+        raise ExportOptionError(
+            f"unknown int8 activation scheme {activations!r}; choose one of "
+            f"{', '.join(INT8_ACTIVATIONS)}."
+        )
+
+
 def quantize_int8(
     source: str | os.PathLike[str],
     target: str | os.PathLike[str],
@@ -90,11 +99,7 @@ def quantize_int8(
     """
     import onnx
 
-    if activations not in INT8_ACTIVATIONS:
-        raise ExportOptionError(
-            f"unknown int8 activation scheme {activations!r}; choose one of "
-            f"{', '.join(INT8_ACTIVATIONS)}."
-        )
+    check_int8_activations(activations)
     if not frozen_weight_nodes(source):
         raise ExportError(f"{source} has no frozen MatMul or embedding weights to quantize.")
     with tempfile.TemporaryDirectory(dir=Path(target).parent) as tmp:
@@ -129,7 +134,7 @@ def write_range_probe(
 
     model = onnx.load(str(int8_graph), load_external_data=False)
     graph = model.graph
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = _opset(model)
     if opset >= 18:  # the reductions' axes became an input
         graph.initializer.append(helper.make_tensor("probe/axes", TensorProto.INT64, [1], [1]))
     outputs = {}
@@ -146,7 +151,7 @@ def write_range_probe(
                 helper.make_node(
                     "Cast", [f"probe/gt{k}"], [f"probe/over{k}"], to=TensorProto.FLOAT
                 ),
-                _reduce("ReduceMean", f"probe/over{k}", name, opset),
+                _reduce_axis1("ReduceMean", f"probe/over{k}", name, opset, "probe/axes"),
             ]
         )
         graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch"]))
@@ -183,12 +188,13 @@ def _quantize_embedding_tables(source: Path, target: Path) -> None:
         logger.setLevel(level)
 
 
-def _reduce(op: str, x: str, out: str, opset: int):  # noqa: ANN202
-    """`op` over axis 1 of `x` (rows), keepdims 0: an attribute before opset 18, an input from it."""
+def _reduce_axis1(op: str, x: str, out: str, opset: int, axes: str):  # noqa: ANN202
+    """`op` over axis 1 of `x`, keepdims 0. The axes are an attribute before opset 18 and an
+    input from 18 on: `axes` names an int64 initializer holding [1]."""
     from onnx import helper
 
     if opset >= 18:
-        return helper.make_node(op, [x, "probe/axes"], [out], keepdims=0)
+        return helper.make_node(op, [x, axes], [out], keepdims=0)
     return helper.make_node(op, [x], [out], axes=[1], keepdims=0)
 
 
@@ -213,8 +219,13 @@ def _frozen_matmuls(graph) -> list:  # noqa: ANN001
     ]
 
 
+def _opset(model) -> int:  # noqa: ANN001
+    """The model's default-domain ONNX opset."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def _check_opset(model) -> int:  # noqa: ANN001
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = _opset(model)
     if opset < 15:
         raise ExportError(
             f"int8 export needs ONNX opset 15 or newer; this graph has {opset}. Export with --opset 17."
@@ -296,26 +307,31 @@ def quantize_matmuls_static(model, channel_max: Mapping[str, np.ndarray]) -> dic
             plan[x] = (f"{p}/q", f"{p}/scale", c)
             clips[smoothed] = clip
         q, scale_name, c = plan[x]
-        w_q, w_scale = _int8_weight(
-            numpy_helper.to_array(weights[node.input[1]]).astype(np.float32) * c[:, None]
-        )
-        p = f"{node.name or node.output[0]}_int8"
-        graph.initializer.extend(
-            [
-                numpy_helper.from_array(w_q, f"{p}/W_quantized"),
-                numpy_helper.from_array(w_scale, f"{p}/W_scale"),
-            ]
-        )
-        new_nodes.append(
-            helper.make_node(
-                "MatMulIntegerToFloat",
-                [q, f"{p}/W_quantized", scale_name, f"{p}/W_scale", zero_point],
-                [node.output[0]],
-                domain="com.microsoft",
-            )
-        )
+        w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32) * c[:, None]
+        new_nodes.append(_int8_matmul(graph, node, w, q, scale_name, zero_point, node.output[0]))
     _replace_nodes(model, new_nodes)
     return clips
+
+
+def _int8_matmul(graph, node, w: np.ndarray, q: str, a_scale: str, zero_point: str, out: str):  # noqa: ANN001, ANN202
+    """Add `node`'s weight `w` as per-channel int8 initializers; return the MatMulIntegerToFloat
+    of the quantized activation `q` (scale `a_scale`, zero point `zero_point`) writing `out`."""
+    from onnx import helper, numpy_helper
+
+    w_q, w_scale = _int8_weight(w)
+    p = f"{node.name or node.output[0]}_int8"
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(w_q, f"{p}/W_quantized"),
+            numpy_helper.from_array(w_scale, f"{p}/W_scale"),
+        ]
+    )
+    return helper.make_node(
+        "MatMulIntegerToFloat",
+        [q, f"{p}/W_quantized", a_scale, f"{p}/W_scale", zero_point],
+        [out],
+        domain="com.microsoft",
+    )
 
 
 def _replace_nodes(model, nodes: list) -> None:  # noqa: ANN001
@@ -360,22 +376,12 @@ def quantize_matmuls_per_token(model) -> int:  # noqa: ANN001 (onnx.ModelProto; 
             )
         q, scale, lead_shape = quantized_inputs[x]
         w = numpy_helper.to_array(weights[w_name]).astype(np.float32)
-        w_q, w_scale = _int8_weight(w)
         p = f"{node.name or node.output[0]}_int8"
-        graph.initializer.extend(
-            [
-                numpy_helper.from_array(w_q, f"{p}/W_quantized"),
-                numpy_helper.from_array(w_scale, f"{p}/W_scale"),
-                numpy_helper.from_array(np.array([w.shape[1]], np.int64), f"{p}/width"),
-            ]
+        graph.initializer.append(
+            numpy_helper.from_array(np.array([w.shape[1]], np.int64), f"{p}/width")
         )
         new_nodes += [
-            helper.make_node(
-                "MatMulIntegerToFloat",
-                [q, f"{p}/W_quantized", consts.one, f"{p}/W_scale", consts.zero_point],
-                [f"{p}/cols"],
-                domain="com.microsoft",
-            ),
+            _int8_matmul(graph, node, w, q, consts.one, consts.zero_point, f"{p}/cols"),
             helper.make_node("Mul", [f"{p}/cols", scale], [f"{p}/flat"]),
             helper.make_node("Concat", [lead_shape, f"{p}/width"], [f"{p}/shape"], axis=0),
             helper.make_node("Reshape", [f"{p}/flat", f"{p}/shape"], [node.output[0]]),
@@ -430,8 +436,8 @@ def _emit_row_quantization(
         helper.make_node("Shape", [x], [f"{p}/depth"], start=-1),
         helper.make_node("Concat", [consts.flat, f"{p}/depth"], [f"{p}/flat_shape"], axis=0),
         helper.make_node("Reshape", [x, f"{p}/flat_shape"], [f"{p}/rows"]),
-        _reduce_rows("ReduceMax", f"{p}/rows", f"{p}/hi", consts),
-        _reduce_rows("ReduceMin", f"{p}/rows", f"{p}/lo", consts),
+        _reduce_axis1("ReduceMax", f"{p}/rows", f"{p}/hi", consts.opset, consts.axis1),
+        _reduce_axis1("ReduceMin", f"{p}/rows", f"{p}/lo", consts.opset, consts.axis1),
         helper.make_node("Neg", [f"{p}/lo"], [f"{p}/neg_lo"]),
         helper.make_node("Max", [f"{p}/hi", f"{p}/neg_lo"], [f"{p}/max"]),
         helper.make_node("Max", [f"{p}/max", consts.tiny], [f"{p}/max_safe"]),
@@ -446,12 +452,3 @@ def _emit_row_quantization(
         helper.make_node("Unsqueeze", [f"{p}/scale", consts.axis1], [f"{p}/scale_col"]),
     ]
     return f"{p}/q", f"{p}/scale_col", f"{p}/lead"
-
-
-def _reduce_rows(op: str, x: str, out: str, consts: _Consts):  # noqa: ANN202
-    """ReduceMax/ReduceMin over axis 1: an attribute before opset 18, an input from 18 on."""
-    from onnx import helper
-
-    if consts.opset >= 18:
-        return helper.make_node(op, [x, consts.axis1], [out], keepdims=0)
-    return helper.make_node(op, [x], [out], axes=[1], keepdims=0)

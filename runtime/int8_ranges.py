@@ -34,7 +34,7 @@ from bitfit_deploy.runtime.registry import BiasLayout, LoadedTask
 
 CLIPPED_WARNING = 0.001
 """Warn above 0.1% of a tensor's values clipped: a prompt to run `eval --variant int8`, not a
-verdict. Measured on all-MiniLM-L6-v2, calibrated on the shipped texts without these tasks: 6 of 8
+verdict. Measured (`benchmarks/int8_checks.py`) on all-MiniLM-L6-v2, calibrated on the shipped texts without these tasks: 6 of 8
 real BitFit tasks clip 0.01-0.04% and score within 0.5 points of fp32; CoLA (0.13%) and RTE (0.61%)
 clip more and still score as fp32 (false alarms); an MRPC delta with its biases tripled clips 0.12%
 and its int8 answers agree with fp32 on only 82% of MRPC dev pairs (98% once exported with the
@@ -46,8 +46,8 @@ CHECK_BATCH = 32
 
 log = logging.getLogger("bitfit_deploy.runtime")
 
-CheckResult = tuple[str, LoadedTask, float, str]
-"""(task name, the task as it was checked, share clipped in its worst tensor, that tensor)."""
+CheckResult = tuple[LoadedTask, float, str]
+"""(the task as it was checked, share clipped in its worst tensor, that tensor)."""
 
 
 class RangeProbe:
@@ -133,18 +133,18 @@ class RangeChecker:
     def __init__(self, probe: RangeProbe, on_results: Callable[[list[CheckResult]], None]) -> None:
         self._probe = probe
         self._on_results = on_results
-        self._pending: list[tuple[str, LoadedTask]] = []
+        self._pending: list[LoadedTask] = []
         self._thread: threading.Thread | None = None
         self._closed = False
         self._cond = threading.Condition()
         _LIVE.add(self)
 
-    def submit(self, name: str, task: LoadedTask) -> None:
-        """Queue `task` (loaded as `name`) for a check."""
+    def submit(self, task: LoadedTask) -> None:
+        """Queue `task` for a check."""
         with self._cond:
             if self._closed:
                 return
-            self._pending.append((name, task))
+            self._pending.append(task)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._work, name="int8-range-check", daemon=True
@@ -175,13 +175,11 @@ class RangeChecker:
                     self._cond.notify_all()
                     return
             try:
-                shares = self._probe.clipped([task for _, task in batch])
-                results = [(n, t, *r) for (n, t), r in zip(batch, shares, strict=True)]
-                self._on_results(results)
+                shares = self._probe.clipped(batch)
+                self._on_results([(t, *r) for t, r in zip(batch, shares, strict=True)])
             except Exception as exc:  # reported, never raised into serving
-                log.error(
-                    "int8 range check of %s failed: %s", ", ".join(repr(n) for n, _ in batch), exc
-                )
+                names = ", ".join(repr(t.info.name) for t in batch)
+                log.error("int8 range check of %s failed: %s", names, exc)
 
 
 _LIVE: weakref.WeakSet[RangeChecker] = weakref.WeakSet()

@@ -237,14 +237,14 @@ class Runtime:
         task = prepare_task(delta, name, self._base_row, self._layout, max_length)
         self._registry.add(task, replace=replace)
         if self._range_checker is not None:
-            self._range_checker.submit(name, task)
+            self._range_checker.submit(task)
         return name
 
     def _record_int8_checks(self, results: list[CheckResult]) -> None:
         updates = []
-        for name, task, share, where in results:
+        for task, share, where in results:
             updates.append((task, dataclasses.replace(task.info, int8_clipped=round(share, 6))))
-            warn_if_clipped(name, share, where)
+            warn_if_clipped(task.info.name, share, where)
         self._registry.update_infos(updates)
 
     def _task_max_length(self, delta: TaskDelta, name: str, source: str) -> int:

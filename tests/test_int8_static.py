@@ -374,3 +374,9 @@ def test_static_int8_on_other_architectures(tiny_models, tmp_path, arch):
     got = np.array([list(p.scores.values()) for p in int8.predict("mild", SENTENCES)])
     np.testing.assert_allclose(got, want, atol=0.05)
     assert _clipped(int8, "mild") is not None  # the probe ran (tiny random models clip oddly)
+
+
+def test_calibration_file_with_a_byte_order_mark_reads_its_first_text_whole(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes("\ufeff".encode() + "\n".join(SENTENCES * 2).encode())
+    assert read_calibration_texts(path).items[0] == SENTENCES[0]
