@@ -98,6 +98,7 @@ def evaluate(
     progress: bool = True,
     quoting: str | None = None,
     drop_empty: bool = False,
+    parallel: str = "auto",
 ) -> EvalReport:
     """Predict every row of `data` for `task` with the runtime and score it.
 
@@ -107,6 +108,7 @@ def evaluate(
             columns the task was trained on (recorded in its delta), then to common names.
         max_rows: score only the first N rows (quick checks).
         quoting, drop_empty: as for training (`--quoting`, `--drop-empty`).
+        parallel: as for `Runtime` ("auto", "ops" or "rows").
     """
     from bitfit_deploy.runtime import Runtime
 
@@ -126,6 +128,7 @@ def evaluate(
         threads=threads,
         variant=variant,
         max_batch_size=batch_size,
+        parallel=parallel,
         load_bundle_tasks=not from_file,
     )
     name = rt.load_task(task) if from_file else delta.metadata.task

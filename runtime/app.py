@@ -31,6 +31,7 @@ class ServeConfig:
     provider: str = "cpu"
     variant: str = "fp32"
     threads: int | None = None
+    parallel: str = "auto"
     max_batch_size: int = 32
     max_delay_ms: float = 5.0
     admin_token: str | None = None
@@ -56,6 +57,7 @@ def build_app(config: ServeConfig) -> BuiltApp:
         provider=config.provider,
         threads=config.threads,
         variant=config.variant,
+        parallel=config.parallel,
         max_batch_size=config.max_batch_size,
         spin_wait=False,  # idle ORT threads sleep: the event loop shares the cores
     )

@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 from bitfit_deploy.contract import HEAD_BIAS, HEAD_WEIGHT, LOGITS
 from bitfit_deploy.runtime._gather_graph import ROWS, TABLE_PREFIX, gather_graph
+from bitfit_deploy.runtime.parallel import RowSlices
 from bitfit_deploy.runtime.providers import create_session
 from bitfit_deploy.runtime.registry import BiasLayout, LoadedTask, Snapshot
 
@@ -32,12 +33,22 @@ def _padded_heads(tasks: Sequence[LoadedTask], hidden: int) -> tuple[np.ndarray,
 
 
 class HostEngine:
-    """Gathers rows' bias vectors and heads in numpy and runs the session on plain arrays."""
+    """Gathers rows' bias vectors and heads in numpy and runs the session on plain arrays.
 
-    def __init__(self, session: ort.InferenceSession, layout: BiasLayout, hidden: int) -> None:
+    With `slices` (parallel="rows"), a batch runs as slices of rows at once, one core each.
+    """
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        layout: BiasLayout,
+        hidden: int,
+        slices: RowSlices | None = None,
+    ) -> None:
         self.session = session
         self.layout = layout
         self.hidden = hidden
+        self.slices = slices or RowSlices(1)
 
     def build_device(self, tasks: list[LoadedTask]) -> None:
         return None
@@ -46,7 +57,10 @@ class HostEngine:
         self, snapshot: Snapshot, tasks: Sequence[LoadedTask], text: dict[str, np.ndarray]
     ) -> np.ndarray:
         """Logits `[batch, max_labels]` for rows whose tasks are `tasks` (one per row)."""
-        return self.session.run([LOGITS], self.feeds(tasks, text))[0]
+        return self.slices.run(self._run_feeds, self.feeds(tasks, text))
+
+    def _run_feeds(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run([LOGITS], feeds)[0]
 
     def feeds(
         self, tasks: Sequence[LoadedTask], text: dict[str, np.ndarray]

@@ -25,6 +25,7 @@ from bitfit_deploy.runtime.batching import plan_runs
 from bitfit_deploy.runtime.engine import BoundEngine, HostEngine
 from bitfit_deploy.runtime.inputs import check_input, describe
 from bitfit_deploy.runtime.int8_ranges import CheckResult, RangeChecker, RangeProbe, warn_if_clipped
+from bitfit_deploy.runtime.parallel import RowSlices, resolve_parallel
 from bitfit_deploy.runtime.providers import create_session
 from bitfit_deploy.runtime.registry import BiasLayout, Snapshot, TaskRegistry, prepare_task
 from bitfit_deploy.runtime.results import Prediction, TaskInfo, make_prediction
@@ -62,6 +63,11 @@ class Runtime:
         check_int8_ranges: on a static int8 variant, run each task loaded through the bundle's
             range probe in the background and record `TaskInfo.int8_clipped`, warning when much
             of it leaves the calibrated range (see `bitfit_deploy.runtime.int8_ranges`).
+        parallel: how a batch uses the `threads` on the CPU: "ops" splits each operator over
+            them (ORT's intra-op threads); "rows" runs slices of the batch's rows at once, one
+            thread each (faster for batches, but one row gets one core); "auto" (default) picks
+            rows for the int8 variant on the CPU and ops otherwise. Logits are the same in both
+            (see `bitfit_deploy.runtime.parallel` for the figures).
     """
 
     def __init__(
@@ -77,12 +83,17 @@ class Runtime:
         spin_wait: bool = True,
         verify: str = "cached",
         check_int8_ranges: bool = True,
+        parallel: str = "auto",
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = read_manifest(self.bundle_dir, verify=False)
         if max_batch_size < 1:
             raise InvalidInputError(f"max_batch_size must be at least 1, got {max_batch_size}.")
         self.max_batch_size = max_batch_size
+        bound = provider != "cpu" if io_binding is None else io_binding
+        # "ops" or "rows": what `parallel` resolved to (see runtime/parallel.py).
+        self.parallel, slices = resolve_parallel(parallel, provider, variant, bound, threads)
+        session_threads = 1 if self.parallel == "rows" else threads
         self.provider = provider
         self.variant = variant
         model_path = self._variant_path(variant)
@@ -96,8 +107,7 @@ class Runtime:
             self.manifest.pad_token_id,
             self.manifest.text_inputs,
         )
-        session = create_session(model_path, provider, threads, spin_wait)
-        bound = provider != "cpu" if io_binding is None else io_binding
+        session = create_session(model_path, provider, session_threads, spin_wait)
         hidden = self.manifest.hidden_size
         self._engine: HostEngine | BoundEngine
         if bound:
@@ -110,7 +120,7 @@ class Runtime:
                 "cuda" if provider == "cuda" else "cpu",
             )
         else:
-            self._engine = HostEngine(session, self._layout, hidden)
+            self._engine = HostEngine(session, self._layout, hidden, RowSlices(slices))
         self._registry = TaskRegistry(self._engine.build_device)
         probe = (
             RangeProbe.for_variant(
@@ -118,7 +128,7 @@ class Runtime:
                 self.manifest,
                 variant,
                 self._layout,
-                threads,
+                session_threads,
                 use_markers=verify == "cached",
             )
             if check_int8_ranges

@@ -1,5 +1,5 @@
 """A row's answer depends only on its task and its text, whatever shares its run (fp32, int8 with
-static scales, int8 with per-token scales).
+static scales, int8 with per-token scales; batches run whole or as row slices, parallel="rows").
 
 Property test: random mixes of tasks (single-label, multi-label, regression, pairs, a task cut
 shorter than the bundle), lengths from one word to past the bundle's max length, and runtimes
@@ -59,10 +59,19 @@ def runtimes(tiny_bert, tmp_path_factory):
         delta = dataclasses.replace(delta, metadata=meta)
         paths.append(save_delta(delta, tmp_path_factory.mktemp("d") / f"{name}.safetensors"))
     built = {}
-    sources = {"fp32": (out, "fp32"), "int8": (out, "int8"), "int8-per-token": (per_token, "int8")}
-    for label, (bundle, variant) in sources.items():
+    sources = {
+        "fp32": (out, "fp32", "ops"),
+        "int8": (out, "int8", "ops"),
+        "int8-per-token": (per_token, "int8", "ops"),
+        "fp32-rows": (out, "fp32", "rows"),  # 3 slices of rows at once
+        "int8-rows": (out, "int8", "rows"),
+    }
+    for label, (bundle, variant, parallel) in sources.items():
+        threads = 3 if parallel == "rows" else 1
         for batch in (3, 16):
-            rt = Runtime(bundle, threads=1, variant=variant, max_batch_size=batch)
+            rt = Runtime(
+                bundle, threads=threads, variant=variant, max_batch_size=batch, parallel=parallel
+            )
             for path in paths:
                 rt.load_task(path)
             built[label, batch] = rt
@@ -93,7 +102,7 @@ def _scores(prediction) -> np.ndarray:
     return np.array(list(prediction.scores.values()))
 
 
-@pytest.mark.parametrize("variant", ["fp32", "int8", "int8-per-token"])
+@pytest.mark.parametrize("variant", ["fp32", "int8", "int8-per-token", "fp32-rows", "int8-rows"])
 @pytest.mark.parametrize("batch", [3, 16])
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -129,3 +138,17 @@ def test_each_task_is_cut_at_its_own_length(runtimes):
     short, full = rt.predict_mixed([("short", text), ("sentiment", text)])
     assert short.truncated and not full.truncated
     assert rt.tasks["short"].max_length == 10
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(requests=_requests())
+def test_row_slices_answer_as_whole_batches_do(runtimes, variant, requests):
+    """parallel="rows" splits each run into slices run at once; every answer stays the same."""
+    whole = runtimes[variant, 16].predict_mixed(requests)
+    sliced = runtimes[f"{variant}-rows", 16].predict_mixed(requests)
+    for a, b in zip(whole, sliced, strict=True):
+        assert a.label == b.label and a.truncated == b.truncated
+        assert np.abs(_scores(a) - _scores(b)).max() <= 1e-6

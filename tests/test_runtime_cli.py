@@ -153,3 +153,22 @@ def test_predict_errors_are_messages(setup):
         cli, ["predict", "--bundle", str(bundle), "--task", "mood", "--delta", str(delta)]
     )
     assert empty.exit_code == 1 and "nothing to predict" in empty.output
+
+
+@pytest.mark.parametrize("parallel", ["ops", "rows"])
+def test_predict_parallel_modes_answer_alike(setup, tmp_path, parallel):
+    texts = ["an argument", "first line", LONG_TEXT, "bad", "a gorgeous , witty movie"]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    args = ["--input", str(tmp_path / "in.txt"), "--threads", "2", "--parallel", parallel]
+    result = predict(setup, "mood", *args)
+    assert result.exit_code == 0, result.output
+    want = runtime_for(setup, "mood").predict("mood", texts)
+    got = _lines(result.stdout)
+    assert [r["label"] for r in got] == [p.label for p in want]
+    for row, p in zip(got, want, strict=True):
+        assert max(abs(row["scores"][k] - v) for k, v in p.scores.items()) <= 1e-6
+
+
+def test_predict_refuses_an_unknown_parallel_mode(setup):
+    result = predict(setup, "mood", "--parallel", "cores", "hello")
+    assert result.exit_code == 2 and "'cores' is not one of 'auto', 'ops', 'rows'" in result.output

@@ -10,6 +10,7 @@ import click
 
 from bitfit_deploy.contract import POOLINGS
 from bitfit_deploy.manifest import VARIANT_FILES
+from bitfit_deploy.runtime.parallel import PARALLEL_MODES
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -17,7 +18,7 @@ PROVIDERS = ("cpu", "cuda")
 
 
 def runtime_options(func: F) -> F:
-    """Add --bundle, --variant, --provider and --threads, the arguments of `Runtime(...)`."""
+    """Add --bundle, --variant, --provider, --threads and --parallel, the arguments of `Runtime(...)`."""
     options = [
         click.option(
             "--bundle",
@@ -43,7 +44,16 @@ def runtime_options(func: F) -> F:
             "--threads",
             type=click.IntRange(min=1),
             default=None,
-            help="ONNX Runtime intra-op threads [default: ORT's choice].",
+            help="CPU threads [default: ORT's choice for ops, every core for rows].",
+        ),
+        click.option(
+            "--parallel",
+            type=click.Choice(PARALLEL_MODES),
+            default="auto",
+            show_default=True,
+            help="How a batch uses the threads: ops splits each operator over them; rows runs "
+            "slices of the batch's rows at once, one thread each (faster batches, one core per "
+            "single row); auto picks rows for int8 on the CPU, ops otherwise.",
         ),
     ]
     for option in reversed(options):

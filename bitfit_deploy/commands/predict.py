@@ -49,6 +49,7 @@ def command(
     variant: str,
     provider: str,
     threads: int | None,
+    parallel: str,
     texts: tuple[str, ...],
 ) -> None:
     """Predict TASK for each TEXT, then each line of --input; print one JSON line per input.
@@ -65,7 +66,9 @@ def command(
         raise InvalidInputError(
             "nothing to predict: give TEXT arguments or --input FILE (one input per line)."
         )
-    runtime = Runtime(bundle, provider=provider, threads=threads, variant=variant)
+    runtime = Runtime(
+        bundle, provider=provider, threads=threads, variant=variant, parallel=parallel
+    )
     for delta in deltas:
         runtime.load_task(delta, replace=True)
     info = runtime.tasks.get(task)
