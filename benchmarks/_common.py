@@ -20,6 +20,9 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+RESULTS = Path(__file__).resolve().parent / "results"
+"""Where benchmarks save their plots and outputs."""
+
 SPIN_PAUSE_S = 0.05
 """Idle time before a timed run of a spinning session, so that other pools have gone to sleep."""
 
@@ -61,3 +64,11 @@ def format_ratio(ratio: tuple[float, float, float], unit: str = "x") -> str:
     """'1.92x (p10-p90 1.85-2.01)'."""
     mid, lo, hi = ratio
     return f"{mid:.2f}{unit} (p10-p90 {lo:.2f}-{hi:.2f})"
+
+
+def save_plot(fig, path: Path, dpi: int = 120) -> Path:  # noqa: ANN001
+    """Save a matplotlib figure (creating its folder), print where, and return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    print(f"plot: {path}")
+    return path

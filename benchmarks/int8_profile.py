@@ -7,9 +7,14 @@ tokens:
 - profiles the fp32 and both int8 per-row graphs (one thread, so kernel times add up) and prints
   each graph's share of time in matrix multiplies, activation quantization (scales, smoothing,
   QuantizeLinear, the per-token rescale), per-row bias adds and the rest, with the top operators;
-- times session settings side by side (graph optimization level, intra-op threads, spinning),
-  repetitions interleaved, and prints each int8 graph's speed-up over fp32 as the median of
-  paired ratios with its p10-p90 spread.
+- times session settings side by side (graph optimization level, intra-op threads, spinning, and
+  the runtime's parallel="rows": one thread per session, the batch's rows split into one slice
+  per thread, run at once), repetitions interleaved, and prints each int8 graph's speed-up over
+  fp32 as the median of paired ratios with its p10-p90 spread;
+- prints the rate of one int8 matrix multiply alone (GMAC/s on one core: is there time left in
+  the GEMMs?);
+- prints int8 as the runtime serves it by default (parallel="auto": rows) against fp32 as served
+  by default (ops), from the same interleaved repetitions.
 
 Run: `.venv/bin/python benchmarks/int8_profile.py [--quick] [--bundle DIR]`.
 """
@@ -93,15 +98,31 @@ def profile(path: Path, feeds: dict, runs: int) -> tuple[dict, collections.Count
     return {k: v / total for k, v in cats.items()}, ops
 
 
+SERVED = "as served (auto)"
+
+
 def settings(threads: int) -> dict:
-    """Session settings to compare: name -> (graph optimization level, threads, spinning)."""
+    """Settings to compare: name -> variant -> (optimization level, threads, spinning, row slices).
+
+    "as served (auto)" is what `Runtime(parallel="auto", spin_wait=False)` runs: rows for int8,
+    ops for fp32.
+    """
+    ops = ("all", threads, False, 1)
+    rows = ("all", 1, False, threads)
     return {
-        "all optimizations": ("all", threads, True),
-        "extended optimizations": ("extended", threads, True),
-        "basic optimizations": ("basic", threads, True),
-        "no spinning": ("all", threads, False),
-        "1 thread": ("all", 1, True),
+        "all optimizations": lambda v: ("all", threads, True, 1),
+        "extended optimizations": lambda v: ("extended", threads, True, 1),
+        "basic optimizations": lambda v: ("basic", threads, True, 1),
+        "no spinning": lambda v: ops,
+        "rows, no spinning": lambda v: rows,
+        SERVED: lambda v: rows if v.startswith("int8") else ops,
+        "1 thread": lambda v: ("all", 1, True, 1),
     }
+
+
+def first_output(sess):  # noqa: ANN001, ANN201
+    """`feeds -> first output` of an ORT session: what `RowSlices.run` calls per slice."""
+    return lambda feeds: sess.run(None, feeds)[0]
 
 
 def session(path: Path, level: str, threads: int, spin: bool):
@@ -126,13 +147,20 @@ def time_settings(graphs: dict, feeds: dict, threads: int, reps: int) -> dict:
     Sessions of one setting only exist together, and a spinning session is timed after
     `SPIN_PAUSE_S` idle, so no other session's spinning threads take its cores (see _common).
     """
+    from bitfit_deploy.runtime.parallel import RowSlices
+
     times: dict = {}
-    for name, (level, n_threads, spin) in tqdm(
-        settings(threads).items(), desc="settings", file=sys.stdout
-    ):
-        sessions = {v: session(path, level, n_threads, spin) for v, path in graphs.items()}
-        for s in sessions.values():
-            s.run(None, feeds)
+    for name, setting in tqdm(settings(threads).items(), desc="settings", file=sys.stdout):
+        sessions, spin = {}, False
+        for v, path in graphs.items():
+            level, n_threads, spin_v, n_slices = setting(v)
+            spin |= spin_v
+            sessions[v] = (
+                first_output(session(path, level, n_threads, spin_v)),
+                RowSlices(n_slices),
+            )
+        for run, slices in sessions.values():
+            slices.run(run, feeds)
         keys = list(sessions)
         for key in keys:
             times[name, key] = []
@@ -140,11 +168,64 @@ def time_settings(graphs: dict, feeds: dict, threads: int, reps: int) -> dict:
             for key in keys[rep % len(keys) :] + keys[: rep % len(keys)]:
                 if spin:
                     time.sleep(SPIN_PAUSE_S)
+                run, slices = sessions[key]
                 start = time.perf_counter()
-                sessions[key].run(None, feeds)
+                slices.run(run, feeds)
                 times[name, key].append((time.perf_counter() - start) * 1e3)
         del sessions
     return times
+
+
+def int8_gemm_rates(reps: int) -> list[str]:
+    """GMAC/s of one `MatMulIntegerToFloat` (uint8 x int8, 1 thread) at MiniLM's 8 x 64 shapes.
+
+    On the machine of the README, 170-310 GMAC/s: about 3x the per-thread AVX-512 VNNI figure
+    reported when MLAS gained AMX kernels (onnxruntime#14042), so the matrix multiplies are not
+    where int8 time is left.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    out = []
+    for m, k, n in ((512, 384, 384), (512, 384, 1536), (512, 1536, 384)):
+        inits = [
+            numpy_helper.from_array(rng.integers(-127, 128, (k, n)).astype(np.int8), "w"),
+            numpy_helper.from_array(np.array(0.01, np.float32), "a_scale"),
+            numpy_helper.from_array(np.full(n, 0.01, np.float32), "w_scale"),
+            numpy_helper.from_array(np.array(128, np.uint8), "zero_point"),
+        ]
+        node = helper.make_node(
+            "MatMulIntegerToFloat",
+            ["x", "w", "a_scale", "w_scale", "zero_point"],
+            ["y"],
+            domain="com.microsoft",
+        )
+        graph = helper.make_graph(
+            [node],
+            "gemm",
+            [helper.make_tensor_value_info("x", TensorProto.UINT8, [m, k])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+            inits,
+        )
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        sess = ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        x = rng.integers(0, 256, (m, k)).astype(np.uint8)
+        ms = []
+        for _ in range(reps + 3):
+            start = time.perf_counter()
+            sess.run(None, {"x": x})
+            ms.append(time.perf_counter() - start)
+        rate = m * k * n / statistics.median(ms[3:]) / 1e9
+        out.append(f"[{m}, {k}] x [{k}, {n}] {rate:.0f} GMAC/s")
+    return out
 
 
 def main() -> None:
@@ -177,6 +258,8 @@ def main() -> None:
             graphs["int8 per-token"] = per_token / manifest.variants["int8"]
         base = load_file(str(bundle / "base.safetensors"))
         print(f"CPU: {cpu_description()}")
+        rates = ", ".join(int8_gemm_rates(5 if args.quick else 30))
+        print(f"int8 matrix multiply alone (MatMulIntegerToFloat, 1 thread): {rates}")
         for shape in args.shapes.split(","):
             batch, tokens = (int(v) for v in shape.split("x"))
             feeds = feeds_for(session(graphs["fp32"], "all", 1, True), base, batch, tokens)
@@ -201,6 +284,7 @@ def main() -> None:
                     ratio = format_ratio(paired_ratio(fp32, ms))
                     cells.append(f"{variant} {statistics.median(ms):6.1f} ms = {ratio}")
                 print(f"    {name:24s} " + " | ".join(cells))
+            print(f"    ({SERVED}: int8 with parallel='rows', fp32 with 'ops', no spinning)")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ threads, which then wait for each other before the next operator. "rows" gives t
 thread and runs a batch as one slice of consecutive rows per core, all at once (ORT releases the
 GIL): no per-operator hand-off, and each core's activations are half (or a third...) the size, so
 they stay in its cache. Rows are independent in the graph, so every row's logits are the same in
-both modes. On the 2-core Xeon of `benchmarks/int8_profile.py`, rows made int8 batches 1.1-1.45x
-faster and fp32 batches 1.06-1.13x; a single row cannot be split, so it runs on one core: fp32
-single rows took 1.5-1.7x longer, int8 ones the same (27 tokens) or 1.2x longer (128 tokens).
+both modes. On a 2-core Xeon (`benchmarks/parallel_modes.py`, two runs), rows made int8 batches
+1.08-1.45x faster and fp32 batches 1.04-1.13x; a single row cannot be split, so it runs on one
+core: fp32 single rows took 1.4-1.7x longer, int8 ones the same (27 tokens) or 1.2x longer (128).
 Hence "auto": rows for int8 on the CPU, ops otherwise.
 """
 
