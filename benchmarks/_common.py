@@ -17,8 +17,10 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 """Where benchmarks save their plots and outputs."""
@@ -58,6 +60,26 @@ def paired_ratio(
         return ratios[0], ratios[0], ratios[0]
     deciles = statistics.quantiles(ratios, n=10, method="inclusive")
     return statistics.median(ratios), deciles[0], deciles[-1]
+
+
+def interleaved_ms(
+    runs: dict[Any, Callable[[], object]], reps: int, pause_s: float = 0.0
+) -> dict[Any, list[float]]:
+    """Milliseconds of each `runs[key]()` in each of `reps` repetitions, in rotating order.
+
+    Repetition i runs every key once, starting one key further than repetition i-1, so drift
+    falls on all keys alike; `pause_s` idles before each timed call (see SPIN_PAUSE_S).
+    """
+    keys = list(runs)
+    times: dict[Any, list[float]] = {key: [] for key in keys}
+    for rep in range(reps):
+        for key in keys[rep % len(keys) :] + keys[: rep % len(keys)]:
+            if pause_s:
+                time.sleep(pause_s)
+            start = time.perf_counter()
+            runs[key]()
+            times[key].append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 def format_ratio(ratio: tuple[float, float, float], unit: str = "x") -> str:

@@ -29,10 +29,11 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from _common import SPIN_PAUSE_S, cpu_description, format_ratio, paired_ratio
+from _common import SPIN_PAUSE_S, cpu_description, format_ratio, interleaved_ms, paired_ratio
 from tqdm import tqdm
 
 MATMUL = {"MatMul", "MatMulIntegerToFloat", "FusedMatMul", "MatMulInteger", "Gemm", "QGemm"}
@@ -159,29 +160,21 @@ def time_settings(graphs: dict, feeds: dict, threads: int, reps: int) -> dict:
                 first_output(session(path, level, n_threads, spin_v)),
                 RowSlices(n_slices),
             )
-        for run, slices in sessions.values():
-            slices.run(run, feeds)
-        keys = list(sessions)
-        for key in keys:
-            times[name, key] = []
-        for rep in range(reps):
-            for key in keys[rep % len(keys) :] + keys[: rep % len(keys)]:
-                if spin:
-                    time.sleep(SPIN_PAUSE_S)
-                run, slices = sessions[key]
-                start = time.perf_counter()
-                slices.run(run, feeds)
-                times[name, key].append((time.perf_counter() - start) * 1e3)
-        del sessions
+        calls = {key: partial(slices.run, run, feeds) for key, (run, slices) in sessions.items()}
+        for call in calls.values():
+            call()
+        for key, ms in interleaved_ms(calls, reps, SPIN_PAUSE_S if spin else 0.0).items():
+            times[name, key] = ms
+        del sessions, calls
     return times
 
 
 def int8_gemm_rates(reps: int) -> list[str]:
     """GMAC/s of one `MatMulIntegerToFloat` (uint8 x int8, 1 thread) at MiniLM's 8 x 64 shapes.
 
-    On the machine of the README, 170-310 GMAC/s: about 3x the per-thread AVX-512 VNNI figure
-    reported when MLAS gained AMX kernels (onnxruntime#14042), so the matrix multiplies are not
-    where int8 time is left.
+    On the machine of the README, 170-670 GMAC/s (the VM's speed varies by the hour): 2-7x the
+    per-thread AVX-512 VNNI figure reported when MLAS gained AMX kernels (onnxruntime#14042), so
+    the matrix multiplies are not where int8 time is left.
     """
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper

@@ -15,10 +15,17 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
-from _common import RESULTS, cpu_description, format_ratio, paired_ratio, save_plot
+from _common import (
+    RESULTS,
+    cpu_description,
+    format_ratio,
+    interleaved_ms,
+    paired_ratio,
+    save_plot,
+)
 from int8_profile import feeds_for, first_output, session
 from tqdm import tqdm
 
@@ -38,17 +45,10 @@ def time_shape(graphs: dict, base: dict, threads: int, shape: str, reps: int) ->
             RowSlices(threads),
         )
     feeds = feeds_for(session(graphs["fp32"], "all", 1, False), base, batch, tokens)
-    for run, slices in runners.values():
-        slices.run(run, feeds)
-    keys = list(runners)
-    times: dict = {k: [] for k in keys}
-    for rep in range(reps):
-        for key in keys[rep % len(keys) :] + keys[: rep % len(keys)]:
-            run, slices = runners[key]
-            start = time.perf_counter()
-            slices.run(run, feeds)
-            times[key].append((time.perf_counter() - start) * 1e3)
-    return times
+    calls = {key: partial(slices.run, run, feeds) for key, (run, slices) in runners.items()}
+    for call in calls.values():
+        call()
+    return interleaved_ms(calls, reps)
 
 
 def main() -> None:
