@@ -127,3 +127,28 @@ def test_serve_config_passes_the_mode_to_the_runtime(int8_bundle, parallel):
 
     built = build_app(ServeConfig(int8_bundle, variant="int8", threads=2, parallel=parallel))
     assert built.runtime.parallel == ("ops" if parallel == "ops" else "rows")
+
+
+def test_concurrent_callers_share_the_slice_pool(int8_bundle, tmp_path):
+    """Several threads predicting at once on one rows runtime get their own answers, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from runtime_fixtures import SENTENCES, synthetic_delta
+
+    from bitfit_deploy.delta import save_delta
+    from bitfit_deploy.manifest import read_manifest
+    from bitfit_deploy.runtime import Runtime
+
+    rt = Runtime(int8_bundle, threads=2, variant="int8", parallel="rows", max_batch_size=4)
+    manifest = read_manifest(int8_bundle)
+    for seed in range(3):
+        delta = synthetic_delta(manifest, f"t{seed}", seed=seed)
+        rt.load_task(save_delta(delta, tmp_path / f"t{seed}.safetensors"))
+    jobs = [
+        [(f"t{(i + j) % 3}", SENTENCES[(i * 7 + j) % len(SENTENCES)]) for j in range(1 + i % 9)]
+        for i in range(24)
+    ]
+    want = [[p.scores for p in rt.predict_mixed(job)] for job in jobs]
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda job: [p.scores for p in rt.predict_mixed(job)], jobs))
+    assert got == want
