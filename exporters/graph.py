@@ -25,9 +25,14 @@ from bitfit_deploy.modeling import SUPPORTED_ARCHITECTURES, encoder_inputs, pool
 
 
 def _row_view(bias: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape `[batch, dim]` to broadcast over `like`'s middle axes (`[batch, 1, ..., dim]`)."""
-    shape = [bias.shape[0]] + [1] * (like.dim() - 2) + [bias.shape[-1]]
-    return bias.reshape(shape)
+    """`[batch, dim]` as `[batch, 1, ..., dim]`, to broadcast over `like`'s middle axes.
+
+    Unsqueeze with constant axes: one ONNX op per bias, where a reshape to a traced shape costs a
+    Shape/Gather/Concat chain at run time.
+    """
+    for _ in range(like.dim() - 2):
+        bias = bias.unsqueeze(1)
+    return bias
 
 
 class RowBiasLinear(nn.Module):
