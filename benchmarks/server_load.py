@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+from _common import cpu_description
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def make_bundle(root: Path, n_tasks: int) -> tuple[Path, Path, list[str]]:
     from bitfit_deploy.delta import DeltaMetadata, TaskDelta, save_delta
     from bitfit_deploy.exporters.bundle import export_bundle
 
-    manifest = export_bundle(root / "bundle")
+    manifest = export_bundle(root / "bundle", quantize="int8")
     tasks_dir = root / "tasks"
     tasks_dir.mkdir()
     rng = np.random.default_rng(0)
@@ -125,6 +126,8 @@ def start_server(
         str(args.max_delay_ms),
         "--threads",
         str(args.threads),
+        "--variant",
+        args.variant,
         "--log-level",
         "warning",
     ]
@@ -281,13 +284,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
     parser.add_argument(
+        "--variant",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="graph variant served (parallel='auto': rows for int8)",
+    )
+    parser.add_argument(
         "--workdir", type=Path, default=None, help="keep (and reuse) the bundle here"
     )
-    parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks/results/server_load.png")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="[benchmarks/results/server_load.png; server_load_int8.png for int8]",
+    )
     args = parser.parse_args(argv)
     args.duration = args.duration or (5.0 if args.quick else 8.0)
     args.clients = args.clients or (16 if args.quick else 32)
     args.reps = args.reps or (2 if args.quick else 4)
+    suffix = "" if args.variant == "fp32" else f"_{args.variant}"
+    args.plot = args.plot or ROOT / f"benchmarks/results/server_load{suffix}.png"
     texts = load_texts()
 
     from bitfit_deploy.runtime import Runtime
@@ -299,7 +315,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         base = f"http://127.0.0.1:{port}"
         proc = start_server(bundle, tasks_dir, port, args)
         try:
-            runtime = Runtime(bundle, threads=args.threads, max_batch_size=args.max_batch_size)
+            runtime = Runtime(
+                bundle,
+                threads=args.threads,
+                variant=args.variant,
+                max_batch_size=args.max_batch_size,
+                spin_wait=False,  # as the server's
+            )
             for path in sorted(tasks_dir.glob("*.safetensors")):
                 runtime.load_task(path)
             server = psutil.Process(proc.pid)
@@ -341,6 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "clients": args.clients,
         "tasks": args.tasks,
         "threads": args.threads,
+        "variant": args.variant,
         "duration_s": args.duration,
         "reps": args.reps,
         "max_batch_size": args.max_batch_size,
@@ -356,8 +379,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "mixed_vs_single_per_cpu_s": ratio("mixed", "single", "rows_per_cpu_s"),
         "raw": results,
     }
+    print(f"\nCPU: {cpu_description()}")
     print(
-        f"\n{args.clients} clients, {args.tasks} tasks, ORT threads {args.threads}, "
+        f"{args.variant}, {args.clients} clients, {args.tasks} tasks, threads {args.threads}, "
         f"{args.reps} x {args.duration:.0f} s per phase (medians)"
     )
     print(f"{'load':<28}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}{'rows/CPU-s':>12}")
