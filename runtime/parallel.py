@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -24,18 +25,42 @@ from bitfit_deploy.errors import InvalidInputError
 PARALLEL_MODES = ("auto", "ops", "rows")
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+def available_cores(sysfs: Path = Path("/sys/devices/system/cpu")) -> int:
+    """Physical cores this process may run on: its CPU affinity, hyperthread siblings counted once.
+
+    Two slices on the two hyperthreads of one core would share its execution units (ORT's own
+    default counts physical cores too). Falls back to the logical CPU count where the OS does not
+    say (macOS, Windows, no sysfs).
+    """
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = sorted(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        topology = sysfs / f"cpu{cpu}" / "topology"
+        try:
+            package = (topology / "physical_package_id").read_text().strip()
+            core = (topology / "core_id").read_text().strip()
+        except OSError:
+            return len(cpus)
+        cores.add((package, core))
+    return max(1, len(cores))
 
 
 def resolve_parallel(
-    parallel: str, provider: str, variant: str, io_binding: bool, threads: int | None
+    parallel: str,
+    provider: str,
+    variant: str,
+    io_binding: bool,
+    threads: int | None,
+    max_batch_size: int = 32,
 ) -> tuple[str, int]:
-    """("ops" or "rows", row slices per batch) for these settings; raise on a mode that cannot run."""
+    """("ops" or "rows", row slices per batch) for these settings; raise on a mode that cannot run.
+
+    "auto" takes rows only for int8 on the CPU with runs of more than one row: a single row
+    cannot be split, so it would get one core.
+    """
     if parallel not in PARALLEL_MODES:
         raise InvalidInputError(
             f"parallel must be one of {', '.join(PARALLEL_MODES)}, got {parallel!r}."
@@ -47,7 +72,7 @@ def resolve_parallel(
             "io_binding. Use parallel='ops' (or 'auto') here."
         )
     if parallel == "auto":
-        parallel = "rows" if host and variant == "int8" else "ops"
+        parallel = "rows" if host and variant == "int8" and max_batch_size > 1 else "ops"
     if parallel == "ops":
         return "ops", 1
     return "rows", threads if threads is not None else available_cores()

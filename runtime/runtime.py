@@ -66,7 +66,8 @@ class Runtime:
         parallel: how a batch uses the `threads` on the CPU: "ops" splits each operator over
             them (ORT's intra-op threads); "rows" runs slices of the batch's rows at once, one
             thread each (faster for batches, but one row gets one core); "auto" (default) picks
-            rows for the int8 variant on the CPU and ops otherwise. Logits are the same in both
+            rows for the int8 variant on the CPU (unless max_batch_size is 1) and ops otherwise.
+            With threads=None, rows uses one slice per physical core. Logits are the same in both
             (see `bitfit_deploy.runtime.parallel` for the figures).
     """
 
@@ -92,7 +93,9 @@ class Runtime:
         self.max_batch_size = max_batch_size
         bound = provider != "cpu" if io_binding is None else io_binding
         # "ops" or "rows": what `parallel` resolved to (see runtime/parallel.py).
-        self.parallel, slices = resolve_parallel(parallel, provider, variant, bound, threads)
+        self.parallel, slices = resolve_parallel(
+            parallel, provider, variant, bound, threads, max_batch_size
+        )
         session_threads = 1 if self.parallel == "rows" else threads
         self.provider = provider
         self.variant = variant

@@ -23,10 +23,31 @@ from bitfit_deploy.runtime.parallel import RowSlices, available_cores, resolve_p
         (("rows", "cpu", "fp32", False, 3), ("rows", 3)),
         (("ops", "cpu", "int8", False, 3), ("ops", 1)),
         (("rows", "cpu", "int8", False, None), ("rows", available_cores())),
+        (("auto", "cpu", "int8", False, 4, 1), ("ops", 1)),  # runs of one row cannot be split
+        (("rows", "cpu", "int8", False, 4, 1), ("rows", 4)),
     ],
 )
 def test_resolve_parallel(args, want):
     assert resolve_parallel(*args) == want
+
+
+def _topology(root, cpus: dict[int, tuple[int, int]]):
+    for cpu, (package, core) in cpus.items():
+        folder = root / f"cpu{cpu}" / "topology"
+        folder.mkdir(parents=True)
+        (folder / "physical_package_id").write_text(f"{package}\n")
+        (folder / "core_id").write_text(f"{core}\n")
+    return root
+
+
+def test_available_cores_counts_hyperthread_siblings_once(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    # 2 packages x 1 core x 2 threads, then 4 separate cores
+    smt = _topology(tmp_path / "smt", {0: (0, 0), 1: (0, 0), 2: (1, 0), 3: (1, 0)})
+    assert available_cores(smt) == 2
+    plain = _topology(tmp_path / "plain", {0: (0, 0), 1: (0, 1), 2: (0, 2), 3: (0, 3)})
+    assert available_cores(plain) == 4
+    assert available_cores(tmp_path / "missing") == 4  # no sysfs: logical CPUs
 
 
 def test_rows_needs_the_cpu_without_binding():
