@@ -290,8 +290,9 @@ def plot(path: Path, samples: dict, title: str) -> None:
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    from _common import save_plot
+
+    save_plot(fig, path, dpi=100)
 
 
 def main() -> None:
@@ -378,7 +379,6 @@ def main() -> None:
             print(f"  {name:24s} {size / 2**20:7.1f} MiB")
     try:
         plot(args.plot, samples, f"cold start, MiniLM-L6, {args.threads} threads")
-        print(f"plot: {args.plot}")
     except ImportError:
         print("(no plot: matplotlib is not installed)")
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import cpu_description, format_ratio, paired_ratio
+from _common import cpu_description, format_ratio, paired_ratio, save_plot
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,8 +223,7 @@ def plot(
     right.tick_params(axis="x", labelsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_plot(fig, path, dpi=100)
 
 
 def main() -> None:
@@ -330,7 +329,6 @@ def main() -> None:
         print(f"  {k:16s} {v:.2e}")
     print(f"graph size: fp32 {sizes['fp32']:.1f} MiB, int8 {sizes['int8']:.1f} MiB")
     plot(args.plot, times, acc, f"export overhead, MiniLM-L6, {args.threads} threads")
-    print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

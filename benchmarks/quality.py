@@ -483,9 +483,9 @@ def plot(trained: dict, tasks: list[str], methods: list[str], path: Path) -> Non
     ax.legend(ncols=3, fontsize=8)
     ax.set_title("BitFit vs full fine-tuning vs head-only probe, packaged MiniLM")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    print(f"plot: {path}")
+    from _common import save_plot
+
+    save_plot(fig, path)
 
 
 # ----------------------------------------------------------------------------- main

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import cpu_description, format_ratio, paired_ratio
+from _common import cpu_description, format_ratio, paired_ratio, save_plot
 from server_load import RAMP, _load, free_port, load_texts, reuse_or_make_bundle, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,8 +145,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_plot(fig, path)
     plt.close(fig)
 
 
@@ -223,7 +222,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.plot is not None:
         plot(summary, args.plot)
         args.plot.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"plot: {args.plot}")
     return summary
 
 

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from _common import cpu_description, format_ratio, paired_ratio
+from _common import cpu_description, format_ratio, paired_ratio, save_plot
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -456,9 +456,7 @@ def report(results: dict, plot: Path) -> None:
         ax.set_xlabel(unit)
         ax.invert_yaxis()
     fig.tight_layout()
-    plot.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(plot, dpi=120)
-    print(f"\nplot: {plot}")
+    save_plot(fig, plot)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import psutil
-from _common import cpu_description
+from _common import cpu_description, save_plot
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,8 +259,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         f"served/in-process {summary['served_vs_in_process']:.2f}, mixed/single {summary['mixed_vs_single']:.2f}"
     )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_plot(fig, path)
     plt.close(fig)
 
 
@@ -408,7 +407,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     plot(summary, args.plot)
     args.plot.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"plot: {args.plot}")
     return summary
 
 

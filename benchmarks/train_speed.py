@@ -167,9 +167,9 @@ def plot(summary: dict[str, dict], path: Path) -> None:
     axes[1].set_ylabel("peak RSS (MB)")
     fig.suptitle("BitFit vs full fine-tuning, packaged MiniLM")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    print(f"plot: {path}")
+    from _common import save_plot
+
+    save_plot(fig, path)
 
 
 def main() -> None:

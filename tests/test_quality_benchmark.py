@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def quality():
+    if str(ROOT / "benchmarks") not in sys.path:  # as `python benchmarks/quality.py` runs it
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["quality"] = module  # dataclasses look their module up while the class is built
