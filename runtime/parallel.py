@@ -90,11 +90,17 @@ class RowSlices:
     def __init__(self, count: int) -> None:
         self.count = count
         self._pool: ThreadPoolExecutor | None = None
-        if count > 1:
+        self._pool_pid = 0
+
+    def _workers(self) -> ThreadPoolExecutor:
+        """The pool, made on first use and again in a forked child (whose copy has no threads)."""
+        if self._pool is None or self._pool_pid != os.getpid():
             # Imported here: concurrent.futures costs ~6 ms of import, which ops mode never needs.
             from concurrent.futures import ThreadPoolExecutor
 
-            self._pool = ThreadPoolExecutor(count - 1, thread_name_prefix="bitfit-rows")
+            self._pool = ThreadPoolExecutor(self.count - 1, thread_name_prefix="bitfit-rows")
+            self._pool_pid = os.getpid()
+        return self._pool
 
     def run(
         self, run_one: Callable[[dict[str, np.ndarray]], np.ndarray], feeds: dict[str, np.ndarray]
@@ -102,13 +108,14 @@ class RowSlices:
         """`run_one(feeds)` with its rows split into slices; the slices' outputs in row order."""
         rows = len(next(iter(feeds.values())))
         count = min(self.count, rows)
-        if self._pool is None or count < 2:
+        if count < 2:
             return run_one(feeds)
         bounds = [rows * i // count for i in range(count + 1)]
         slices = [
             {name: array[lo:hi] for name, array in feeds.items()}
             for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
         ]
-        futures = [self._pool.submit(run_one, part) for part in slices[1:]]
+        pool = self._workers()
+        futures = [pool.submit(run_one, part) for part in slices[1:]]
         first = run_one(slices[0])
         return np.concatenate([first, *(f.result() for f in futures)])

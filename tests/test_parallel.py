@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -173,3 +175,27 @@ def test_concurrent_callers_share_the_slice_pool(int8_bundle, tmp_path):
     with ThreadPoolExecutor(6) as pool:
         got = list(pool.map(lambda job: [p.scores for p in rt.predict_mixed(job)], jobs))
     assert got == want
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_slices_still_run_in_a_forked_child():
+    """A forked child's copy of the pool has no threads; it gets a pool of its own, not a hang."""
+    slices = RowSlices(2)
+    feeds = {"x": np.arange(6)}
+    np.testing.assert_array_equal(slices.run(lambda part: part["x"] * 2, feeds), feeds["x"] * 2)
+    pid = os.fork()
+    if pid == 0:  # child: exit 0 only if the slices ran
+        try:
+            ok = (slices.run(lambda part: part["x"] * 2, feeds) == feeds["x"] * 2).all()
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung running row slices")
