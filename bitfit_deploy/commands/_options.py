@@ -44,7 +44,7 @@ def runtime_options(func: F) -> F:
             "--threads",
             type=click.IntRange(min=1),
             default=None,
-            help="CPU threads [default: ORT's choice for ops, every core for rows].",
+            help="CPU threads [default: ORT's choice for ops, one per physical core for rows].",
         ),
         click.option(
             "--parallel",
