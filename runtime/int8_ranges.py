@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -101,6 +102,10 @@ class RangeProbe:
         worst = share.argmax(axis=1)
         return [(float(share[i, w]), self.outputs[w]) for i, w in enumerate(worst)]
 
+    def after_fork(self) -> None:
+        """In a forked child: a lock of its own (a check under way at the fork held the parent's)."""
+        self._lock = threading.Lock()
+
     def release(self) -> None:
         """Drop the probe session (about 30 MiB for MiniLM); the next check opens it again."""
         with self._lock:
@@ -127,7 +132,9 @@ class RangeChecker:
     The thread runs only while tasks wait, so an idle runtime holds no thread. A failed check
     (a probe file that fails its checksum, say) is logged and leaves `int8_clipped` None. At
     interpreter exit, waiting checks are dropped and the one under way is let finish: a thread
-    still inside ONNX Runtime while the process tears down aborts it.
+    still inside ONNX Runtime while the process tears down aborts it. A forked child starts over
+    with a lock and thread of its own (the parent's do not survive the fork); the tasks still
+    waiting are checked there too, the one the parent was checking is not.
     """
 
     def __init__(self, probe: RangeProbe, on_results: Callable[[list[CheckResult]], None]) -> None:
@@ -137,33 +144,49 @@ class RangeChecker:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._cond = threading.Condition()
+        self._pid = os.getpid()
         _LIVE.add(self)
 
     def submit(self, task: LoadedTask) -> None:
         """Queue `task` for a check."""
+        self._after_fork()
         with self._cond:
             if self._closed:
                 return
             self._pending.append(task)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._work, name="int8-range-check", daemon=True
-                )
-                self._thread.start()
+            self._start_worker()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every submitted task is checked; False if `timeout` seconds pass first."""
+        self._after_fork()
         with self._cond:
             return self._cond.wait_for(lambda: self._thread is None, timeout)
 
     def close(self, timeout: float = 60.0) -> None:
         """Drop waiting checks, let the one under way finish, and stop taking new ones."""
+        self._after_fork()
         with self._cond:
             self._closed = True
             self._pending.clear()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+
+    def _start_worker(self) -> None:
+        """Start the thread if tasks wait and none runs (call with the lock held)."""
+        if self._thread is None and self._pending and not self._closed:
+            self._thread = threading.Thread(target=self._work, name="int8-range-check", daemon=True)
+            self._thread.start()
+
+    def _after_fork(self) -> None:
+        """In a forked child, replace the parent's lock and thread, which did not come along."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._cond = threading.Condition()
+            self._thread = None
+            self._probe.after_fork()
+            with self._cond:
+                self._start_worker()
 
     def _work(self) -> None:
         while True:

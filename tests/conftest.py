@@ -91,6 +91,16 @@ def tiny_bert(tiny_models) -> Path:
     return tiny_models("bert")
 
 
+@pytest.fixture(scope="session")
+def tiny_int8_bundle(tiny_bert, tmp_path_factory) -> Path:
+    """A bundle of the tiny BERT with a static int8 variant (no tasks); read-only: copy to change."""
+    from bitfit_deploy.exporters.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("int8-bundle") / "bundle"
+    export_bundle(out, model=str(tiny_bert), quantize="int8", progress=False)
+    return out
+
+
 POSITIVE = ["good", "great", "wonderful", "excellent", "lovely", "fine", "superb", "happy"]
 NEGATIVE = ["bad", "awful", "terrible", "poor", "horrible", "sad", "boring", "dull"]
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +71,23 @@ def write_task_deltas(manifest: Manifest, folder: Path) -> dict[str, Path]:
         delta = synthetic_delta(manifest, name, problem_type, labels, seed=seed + 1, subset=subset)
         paths[name] = save_delta(delta, folder / f"{name}.safetensors")
     return paths
+
+
+def run_in_fork(child: Callable[[], bool], timeout: float = 30.0) -> str:
+    """Run `child()` in a forked process: "ok", "failed" (False or raised) or "hung" (killed)."""
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            ok = bool(child())
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return "ok" if os.waitstatus_to_exitcode(status) == 0 else "failed"
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return "hung"

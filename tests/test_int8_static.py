@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import os
 
 import numpy as np
 import onnx
@@ -33,10 +34,8 @@ from bitfit_deploy.runtime.int8_ranges import CLIPPED_WARNING
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_bert, tmp_path_factory):
-    out = tmp_path_factory.mktemp("static") / "b"
-    export_bundle(out, model=str(tiny_bert), quantize="int8", progress=False)
-    return out
+def bundle(tiny_int8_bundle):
+    return tiny_int8_bundle
 
 
 _FILES = itertools.count()
@@ -380,3 +379,44 @@ def test_calibration_file_with_a_byte_order_mark_reads_its_first_text_whole(tmp_
     path = tmp_path / "bom.txt"
     path.write_bytes("\ufeff".encode() + "\n".join(SENTENCES * 2).encode())
     assert read_calibration_texts(path).items[0] == SENTENCES[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_checks_its_tasks_though_the_parent_was_mid_check(bundle):
+    """Fork while the parent's checker thread is inside a check: the child's own submit and wait
+    still finish (the parent's lock and thread did not come along)."""
+    import threading
+
+    from runtime_fixtures import run_in_fork
+
+    from bitfit_deploy.runtime.int8_ranges import RangeChecker
+
+    parent, inside, release = os.getpid(), threading.Event(), threading.Event()
+
+    class SlowInParentProbe:
+        def __init__(self) -> None:
+            self._lock = threading.Lock()
+
+        def clipped(self, tasks):  # noqa: ANN001, ANN202
+            with self._lock:
+                if os.getpid() == parent:
+                    inside.set()
+                    release.wait(30)
+                return [(0.0, "t")] * len(tasks)
+
+        def after_fork(self) -> None:
+            self._lock = threading.Lock()
+
+        def release(self) -> None:
+            pass
+
+    seen: list[str] = []
+    checker = RangeChecker(SlowInParentProbe(), lambda results: seen.extend(t for t, *_ in results))
+    checker.submit("first")
+    assert inside.wait(10)
+    try:
+        in_child = lambda: (checker.submit("second"), checker.wait(20))[1] and "second" in seen  # noqa: E731
+        assert run_in_fork(in_child) == "ok"
+    finally:
+        release.set()
+    assert checker.wait(20) and seen == ["first"]

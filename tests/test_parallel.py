@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -110,12 +109,8 @@ def test_a_failing_slice_raises_to_the_caller():
 
 
 @pytest.fixture(scope="module")
-def int8_bundle(tiny_bert, tmp_path_factory):
-    from bitfit_deploy.exporters.bundle import export_bundle
-
-    out = tmp_path_factory.mktemp("par") / "bundle"
-    export_bundle(out, model=str(tiny_bert), quantize="int8", max_length=24, progress=False)
-    return out
+def int8_bundle(tiny_int8_bundle):
+    return tiny_int8_bundle
 
 
 @pytest.mark.parametrize(
@@ -180,22 +175,10 @@ def test_concurrent_callers_share_the_slice_pool(int8_bundle, tmp_path):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_slices_still_run_in_a_forked_child():
     """A forked child's copy of the pool has no threads; it gets a pool of its own, not a hang."""
+    from runtime_fixtures import run_in_fork
+
     slices = RowSlices(2)
     feeds = {"x": np.arange(6)}
     np.testing.assert_array_equal(slices.run(lambda part: part["x"] * 2, feeds), feeds["x"] * 2)
-    pid = os.fork()
-    if pid == 0:  # child: exit 0 only if the slices ran
-        try:
-            ok = (slices.run(lambda part: part["x"] * 2, feeds) == feeds["x"] * 2).all()
-        finally:
-            os._exit(0 if ok else 1)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            assert os.waitstatus_to_exitcode(status) == 0
-            return
-        time.sleep(0.05)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    pytest.fail("the forked child hung running row slices")
+    in_child = lambda: (slices.run(lambda part: part["x"] * 2, feeds) == feeds["x"] * 2).all()  # noqa: E731
+    assert run_in_fork(in_child) == "ok"
