@@ -48,6 +48,10 @@ class BundleTokenizer:
         self.pair_specials = self._tokenizer.num_special_tokens_to_add(True)
         """Special tokens a pair gets; a max length must exceed it to cut anything."""
         self._lock = threading.Lock()  # the truncation length is tokenizer state
+        self._encode_batch = getattr(self._tokenizer, "encode_batch_fast", None)
+        """tokenizers >= 0.20: encode_batch without character offsets, which nothing here reads."""
+        if self._encode_batch is None:
+            self._encode_batch = self._tokenizer.encode_batch
 
     def encode(
         self, items: Sequence[TextInput], max_lengths: Sequence[int] | None = None
@@ -66,7 +70,7 @@ class BundleTokenizer:
         with self._lock:
             for length, rows in groups.items():
                 self._tokenizer.enable_truncation(max_length=length, strategy="longest_first")
-                encodings = self._tokenizer.encode_batch([batch[i] for i in rows])
+                encodings = self._encode_batch([batch[i] for i in rows])
                 for i, encoding in zip(rows, encodings, strict=True):
                     out[i] = _encoded(encoding)
         return out  # type: ignore[return-value]

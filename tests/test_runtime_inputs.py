@@ -6,6 +6,8 @@ import logging
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from runtime_fixtures import LONG_TEXT, synthetic_delta
 from test_runtime import reference_logits
 
@@ -163,3 +165,35 @@ def test_describe_never_recurses_into_a_value():
     info = TaskInfo("t", ["a", "b"], "single_label", inputs="single")
     with pytest.raises(InvalidInputError, match="a list of 1 items"):
         check_input(deep, info, 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    items=st.lists(
+        st.one_of(st.text(max_size=60), st.tuples(st.text(max_size=40), st.text(max_size=40))),
+        min_size=1,
+        max_size=6,
+    ),
+    lengths=st.lists(st.one_of(st.just(0), st.integers(8, 40)), min_size=6, max_size=6),
+)
+def test_tokenizer_fast_path_matches_full_encoding(bundle_dir, items, lengths):
+    """encode() uses encode_batch_fast (no offsets); ids, segments and the cut flag stay those of
+    the full encode_batch at every row's own max length."""
+    from tokenizers import Tokenizer
+
+    from bitfit_deploy.manifest import TOKENIZER_FILE
+    from bitfit_deploy.runtime.tokenize import BundleTokenizer
+
+    manifest = read_manifest(bundle_dir, verify=False)
+    ours = BundleTokenizer(
+        bundle_dir / TOKENIZER_FILE, manifest.max_length, manifest.pad_token_id, ["input_ids"]
+    )
+    full = Tokenizer.from_file(str(bundle_dir / TOKENIZER_FILE))
+    full.no_padding()
+    got = ours.encode(items, lengths[: len(items)])
+    for item, n, encoded in zip(items, lengths, got, strict=False):
+        cut = min(n, manifest.max_length) if n > 0 else manifest.max_length
+        full.enable_truncation(max_length=cut, strategy="longest_first")
+        want = full.encode_batch([item])[0]
+        assert (encoded.ids, encoded.type_ids) == (want.ids, want.type_ids)
+        assert encoded.truncated == bool(want.overflowing)
