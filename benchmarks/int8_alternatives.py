@@ -14,7 +14,8 @@ faster):
 3. graph edits, timing only (the outputs are not kept): the per-row adds of the LayerNorm, key
    and value biases deleted (an upper bound of folding them away), fp32 and int8; and attention
    in int8 (Q, K, V and the softmax output quantized with timing-only scales, both products as
-   MatMulIntegerToFloat);
+   MatMulIntegerToFloat); and each attention core as ONNX Runtime's MultiHeadAttention operator
+   (also at 1 x 27 and 2 x 256 tokens);
 4. whether a session made before `os.fork` runs in the child, and can be closed there, with 1
    and 2 intra-op threads.
 
@@ -278,6 +279,42 @@ def int8_attention(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
+def multihead_attention(src: Path, dst: Path, heads: int = 12) -> None:
+    """`src` with each layer's attention core (after the per-row bias adds) as one ORT
+    `MultiHeadAttention` node reading the biased Q, K, V and the attention mask as key padding."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(src), load_external_data=False)
+    graph = model.graph
+    out = [helper.make_node("Cast", ["attention_mask"], ["alt/mask"], to=TensorProto.INT32)]
+    for n in graph.node:
+        if not n.name.endswith("/self/Reshape_3"):  # the heads merged back: the core's last node
+            out.append(n)
+            continue
+        at = n.name.removesuffix("Reshape_3")
+        qkv = [f"{at}{x}/Add_output_0" for x in ("query", "key", "value")]
+        out.append(
+            helper.make_node(
+                "MultiHeadAttention",
+                [*qkv, "", "alt/mask"],
+                [n.output[0]],
+                domain="com.microsoft",
+                num_heads=heads,
+                scale=(HIDDEN // heads) ** -0.5,
+            )
+        )
+    needed, live = {o.name for o in graph.output}, []  # drop the traced cores and 4-D mask
+    for n in reversed(out):
+        if any(o in needed for o in n.output):
+            live.append(n)
+            needed.update(n.input)
+    del graph.node[:]
+    graph.node.extend(reversed(live))
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(dst))
+
+
 def graph_edits(bundle: Path, fp32: Path, int8: Path, feeds: dict, reps: int) -> None:
     from bitfit_deploy.runtime.parallel import RowSlices
 
@@ -288,10 +325,14 @@ def graph_edits(bundle: Path, fp32: Path, int8: Path, feeds: dict, reps: int) ->
         "int8 now": int8,
         "int8 without LN/key/value adds": bundle / f".alt-{os.getpid()}-int8-adds.onnx",
         "int8 with int8 attention": bundle / f".alt-{os.getpid()}-int8-attention.onnx",
+        "fp32 with MultiHeadAttention": bundle / f".alt-{os.getpid()}-fp32-mha.onnx",
+        "int8 with MultiHeadAttention": bundle / f".alt-{os.getpid()}-int8-mha.onnx",
     }
     n = without_adds(fp32, edited["fp32 without LN/key/value adds"], adds)
     without_adds(int8, edited["int8 without LN/key/value adds"], adds)
     int8_attention(int8, edited["int8 with int8 attention"])
+    multihead_attention(fp32, edited["fp32 with MultiHeadAttention"])
+    multihead_attention(int8, edited["int8 with MultiHeadAttention"])
     try:
         print(f"\n(deleted {n} per-row adds of LayerNorm, key and value biases)")
         for variant in ("fp32", "int8"):
@@ -303,6 +344,18 @@ def graph_edits(bundle: Path, fp32: Path, int8: Path, feeds: dict, reps: int) ->
                     own = {k: v for k, v in feeds.items() if k in names}
                     calls[key] = partial(RowSlices(2).run, first_output(s), own)
             report(calls, reps, f"3. {variant} graph edits, 8 x 64, rows mode (timing only)")
+        from safetensors.numpy import load_file
+
+        base = load_file(str(bundle / "base.safetensors"))
+        for batch, tokens in ((1, 27), (2, 256)):
+            shaped = feeds_for(session(fp32, "all", 1, False), base, batch, tokens)
+            for variant in ("fp32", "int8"):
+                calls = {}
+                for key in (f"{variant} now", f"{variant} with MultiHeadAttention"):
+                    s = session(edited[key], "all", 1, False)
+                    calls[key] = partial(RowSlices(2).run, first_output(s), shaped)
+                title = f"3. {variant} MultiHeadAttention, {batch} x {tokens}, rows mode"
+                report(calls, reps, title)
     finally:
         for key, path in edited.items():
             if "now" not in key:

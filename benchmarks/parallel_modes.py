@@ -6,7 +6,8 @@ what `Runtime(parallel="rows")` does). All four (variant, mode) pairs are timed 
 shape, spinning off (the server's setting); prints each mode's median time and the paired ratios
 rows/ops per variant and fp32/int8 per mode, with their p10-p90 spread, and saves a plot.
 
-Run: `.venv/bin/python benchmarks/parallel_modes.py [--quick] [--bundle DIR] [--threads N]`.
+Run: `.venv/bin/python benchmarks/parallel_modes.py [--quick] [--bundle DIR] [--threads N]`;
+for one long window at one shape: `--shapes 8x64 --reps 300 --plot /tmp/p.png`.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, help="an existing MiniLM bundle with int8")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument(
+        "--reps", type=int, help="interleaved repetitions per shape [default: 20 or 60 by size]"
+    )
+    parser.add_argument("--plot", type=Path, default=RESULTS / "parallel_modes.png")
     args = parser.parse_args()
     from safetensors.numpy import load_file
 
@@ -75,7 +80,7 @@ def main() -> None:
         rows = []
         for shape in tqdm(args.shapes.split(","), desc="shapes", file=sys.stdout):
             batch, tokens = (int(v) for v in shape.split("x"))
-            reps = 6 if args.quick else (20 if batch * tokens >= 512 else 60)
+            reps = args.reps or (6 if args.quick else (20 if batch * tokens >= 512 else 60))
             times = time_shape(graphs, base, args.threads, shape, reps)
             med = {k: statistics.median(v) for k, v in times.items()}
             speed = {v: paired_ratio(times[v, "ops"], times[v, "rows"]) for v in ("fp32", "int8")}
@@ -90,10 +95,10 @@ def main() -> None:
                 f"{format_ratio(gain['rows'])}, as served by default (int8 rows, fp32 ops) "
                 f"{format_ratio(served)}"
             )
-        plot(rows, args.threads)
+        plot(rows, args.threads, args.plot)
 
 
-def plot(rows: list, threads: int) -> None:
+def plot(rows: list, threads: int, path: Path) -> None:
     """Bars of rows-over-ops speed per shape, fp32 and int8, with the p10-p90 spread."""
     import matplotlib
 
@@ -117,7 +122,7 @@ def plot(rows: list, threads: int) -> None:
     ax.set_title(f"parallel='rows' vs 'ops', {threads} threads (above 1: rows faster)")
     ax.legend()
     fig.tight_layout()
-    save_plot(fig, RESULTS / "parallel_modes.png")
+    save_plot(fig, path)
 
 
 if __name__ == "__main__":
