@@ -121,8 +121,11 @@ def report(runs: list[dict], args: argparse.Namespace) -> dict[str, dict]:
             "total": mine[0]["total"],
             "runs": len(mine),
         }
+    from _common import cpu_description
+
+    print(f"\nCPU: {cpu_description()}")
     print(
-        f"\nPackaged all-MiniLM-L6-v2, SST-2 sample ({args.data.name}), batch {args.batch_size}, "
+        f"Packaged all-MiniLM-L6-v2, SST-2 sample ({args.data.name}), batch {args.batch_size}, "
         f"max length {args.max_length}, {args.steps} steps per run (first {WARMUP_STEPS} untimed), {args.rounds} round(s), "
         f"{runs[0]['threads']} torch threads"
     )
