@@ -67,15 +67,14 @@ class HostEngine:
     ) -> dict[str, np.ndarray]:
         """The graph's inputs for rows whose tasks are `tasks`: text, bias rows, padded heads.
 
-        Each bias input is filled row by row from the tasks' rows: one copy of the bytes, not a
-        stacked table and then its slices (0.75 vs 3.2 ms for 32 MiniLM rows).
+        The batch's rows are stacked once, then each input's columns copied out contiguous: two
+        numpy calls per input, where filling each input row by row takes one per row and input
+        (about 0.6 ms less for 32 MiniLM rows, and 3x less for one).
         """
         feeds = dict(text)
+        rows = np.stack([task.row for task in tasks])
         for name, sl in self.layout.slices():
-            out = np.empty((len(tasks), sl.stop - sl.start), np.float32)
-            for i, task in enumerate(tasks):
-                out[i] = task.row[sl]
-            feeds[name] = out
+            feeds[name] = np.ascontiguousarray(rows[:, sl])
         feeds[HEAD_WEIGHT], feeds[HEAD_BIAS] = _padded_heads(tasks, self.hidden)
         return feeds
 

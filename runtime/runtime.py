@@ -233,10 +233,10 @@ class Runtime:
     ) -> None:
         run_tasks = [tasks[i] for i in run]
         text = self._tokenizer.pad([encoded[i] for i in run])
-        logits = self._engine.run(snapshot, run_tasks, text)
+        logits = self._engine.run(snapshot, run_tasks, text).tolist()
         for row, i in enumerate(run):
             info = run_tasks[row].info
-            results[i] = make_prediction(info, logits[row, : info.num_labels], encoded[i].truncated)
+            results[i] = make_prediction(info, logits[row][: info.num_labels], encoded[i].truncated)
 
     def _add(self, delta: TaskDelta, name: str | None, replace: bool, source: str) -> str:
         m = self.manifest

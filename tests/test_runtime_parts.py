@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bitfit_deploy.runtime._gather_graph import ROWS, TABLE_PREFIX, gather_graph
 from bitfit_deploy.runtime.batching import plan_runs
@@ -36,6 +38,37 @@ def test_gather_graph_is_valid_onnx_and_gathers_rows():
     )
     np.testing.assert_array_equal(a, table_a[rows])
     np.testing.assert_array_equal(h, table_h[rows])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    logits=st.lists(
+        st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False), min_size=1, max_size=12
+    ),
+    multi=st.booleans(),
+)
+def test_make_prediction_matches_numpy_at_any_scale(logits, multi):
+    """Scores as numpy's float64 softmax / sigmoid would give them, even for logits of +-1e4
+    (no overflow), top label first among equals, from Python floats or a float32 row."""
+    labels = [f"l{i}" for i in range(len(logits))]
+    kind = "multi_label" if multi else "single_label"
+    info = TaskInfo("t", labels, kind, num_labels=len(labels))
+    x = np.array(logits, np.float64)
+    with np.errstate(over="ignore"):
+        want = 1 / (1 + np.exp(-x)) if multi else np.exp(x - x.max()) / np.exp(x - x.max()).sum()
+    for row in (logits, np.array(logits, np.float32).astype(np.float64)):
+        got = make_prediction(info, row, False)
+        probs = [got.scores[name] for name in labels]
+        ref = want if row is logits else None
+        if ref is not None:
+            np.testing.assert_allclose(probs, ref, rtol=1e-12, atol=1e-300)
+        assert got.label == labels[int(np.argmax(probs))] and got.score == max(probs)
+        if multi:
+            assert got.predicted_labels == [
+                n for n, p in zip(labels, probs, strict=True) if p >= 0.5
+            ]
+        else:
+            assert got.predicted_labels == [got.label] and sum(probs) == pytest.approx(1.0)
 
 
 def test_make_prediction_by_problem_type():
