@@ -110,7 +110,14 @@ class Runtime:
             self.manifest.pad_token_id,
             self.manifest.text_inputs,
         )
-        session = create_session(model_path, provider, session_threads, spin_wait)
+        digests = [self.manifest.files.get(f) for f in self.manifest.variant_files(variant)]
+        session = create_session(  # digests verified above: the optimized-graph cache key
+            model_path,
+            provider,
+            session_threads,
+            spin_wait,
+            digests=digests if all(digests) else None,
+        )
         hidden = self.manifest.hidden_size
         self._engine: HostEngine | BoundEngine
         if bound:

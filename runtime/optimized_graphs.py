@@ -1,0 +1,96 @@
+"""ONNX Runtime's optimized graph, kept between processes so a CPU session skips graph optimization.
+
+Creating the fp32 MiniLM session spends about half its time optimizing the graph (about 50 of
+100 ms on the README's machine), on every cold start. The first CPU session of a bundle graph
+therefore saves the graph as ORT optimized it (`optimized_model_filepath`, weights in a `.data`
+file beside it) into `optimized/` under the verified-marker folder (see
+`bitfit_deploy.integrity.marker_dir`); later sessions load that graph with optimization off.
+
+An entry is keyed by the graph's and weights' sha256 from the manifest (already verified when
+the session is made), the ONNX Runtime version and the CPU's feature flags, so a re-export, an
+ORT upgrade or another CPU makes a new entry. It costs disk (the size of the weights: 86 MiB
+for fp32 MiniLM, 22 MiB for int8), so only the newest `KEEP` entries are kept. An entry that
+fails to load is removed and the session made from the bundle. Like markers, the folder is
+trusted: whoever can write it can change what runs. `BITFIT_DEPLOY_CACHE_DIR=""` turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+GRAPH_FILE = "model.onnx"
+WEIGHTS_FILE = "model.onnx.data"
+KEEP = 4
+"""Entries kept (the newest by use); older ones are removed when a new one is written."""
+
+
+def entry_key(digests: list[str], version: str) -> str:
+    """A short hex key for graph+weights `digests`, ONNX Runtime `version` and this CPU."""
+    parts = [*digests, version, platform.machine(), _cpu_flags()]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (Linux), else the processor name: ORT's fusions may depend on them."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def cached_graph(root: Path, key: str) -> Path | None:
+    """The optimized graph of entry `key` under `root`, if a complete entry exists."""
+    entry = root / key
+    graph, weights = entry / GRAPH_FILE, entry / WEIGHTS_FILE
+    if not (graph.is_file() and weights.is_file()):
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(entry)  # the newest by use are kept
+    return graph
+
+
+def new_entry(root: Path) -> Path | None:
+    """A temp folder under `root` for ORT to save the optimized graph into, or None if unwritable."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".new-", dir=root))
+    except OSError as exc:
+        log.debug("no optimized-graph cache in %s: %s", root, exc)
+        return None
+
+
+def publish(tmp: Path, root: Path, key: str) -> None:
+    """Move the saved graph in `tmp` to entry `key` (unless another process was first); prune."""
+    try:
+        if (tmp / GRAPH_FILE).is_file() and (tmp / WEIGHTS_FILE).is_file():
+            os.rename(tmp, root / key)
+            _prune(root)
+    except OSError:  # another process published the same entry first, or the folder went away
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def discard(root: Path, key: str) -> None:
+    """Remove entry `key` (it failed to load)."""
+    shutil.rmtree(root / key, ignore_errors=True)
+
+
+def _prune(root: Path) -> None:
+    entries = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[KEEP:]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,124 @@
+"""The optimized-graph cache: a later CPU session loads ORT's saved optimized graph and answers alike."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pytest
+from runtime_fixtures import SENTENCES, synthetic_delta
+
+from bitfit_deploy import integrity
+from bitfit_deploy.delta import save_delta
+from bitfit_deploy.manifest import read_manifest
+from bitfit_deploy.runtime import Runtime
+from bitfit_deploy.runtime import optimized_graphs as cache
+
+FROM_CACHE = "session from the optimized graph"
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_int8_bundle, tmp_path_factory):
+    """The tiny int8 bundle and one task delta for it."""
+    delta = synthetic_delta(read_manifest(tiny_int8_bundle), "mood", seed=3)
+    return tiny_int8_bundle, save_delta(delta, tmp_path_factory.mktemp("opt") / "mood.safetensors")
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    """A cache folder of this test's own."""
+    monkeypatch.setenv(integrity.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache" / "optimized"
+
+
+def scores(bundle, variant: str = "fp32", **kwargs) -> np.ndarray:
+    path, delta = bundle
+    rt = Runtime(path, threads=1, variant=variant, check_int8_ranges=False, **kwargs)
+    rt.load_task(delta)
+    return np.array([p.scores["positive"] for p in rt.predict("mood", SENTENCES)])
+
+
+def entries(folder) -> list:
+    return (
+        sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
+    )
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_a_second_runtime_loads_the_saved_graph_and_answers_the_same(
+    bundle, folder, variant, monkeypatch, caplog
+):
+    first = scores(bundle, variant)
+    saved = entries(folder)
+    assert len(saved) == 1
+    assert {p.name for p in saved[0].iterdir()} == {cache.GRAPH_FILE, cache.WEIGHTS_FILE}
+    with caplog.at_level(logging.DEBUG, logger="bitfit_deploy.runtime.providers"):
+        second = scores(bundle, variant)
+    assert FROM_CACHE in caplog.text
+    monkeypatch.setenv(integrity.CACHE_ENV, "")  # cache off: the session from the bundle alone
+    plain = scores(bundle, variant)
+    np.testing.assert_allclose(second, plain, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(first, plain, rtol=1e-6, atol=1e-7)
+    assert entries(folder) == saved
+
+
+def test_a_damaged_entry_is_rebuilt_and_serving_goes_on(bundle, folder, caplog):
+    want = scores(bundle)
+    (entry,) = entries(folder)
+    weights = entry / cache.WEIGHTS_FILE
+    size = weights.stat().st_size
+    with open(weights, "r+b") as fh:
+        fh.truncate(size // 3)
+    with caplog.at_level(logging.WARNING, logger="bitfit_deploy.runtime.providers"):
+        got = scores(bundle)
+    assert "failed to load" in caplog.text
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert weights.stat().st_size == size  # written again, whole
+
+
+def test_no_cache_folder_means_no_saved_graph(bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv(integrity.CACHE_ENV, "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    scores(bundle)
+    assert not (tmp_path / "xdg").exists()
+
+
+def test_an_unwritable_cache_folder_only_costs_the_saving(bundle, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(integrity.CACHE_ENV, str(blocker))
+    assert scores(bundle).shape == (len(SENTENCES),)
+
+
+def test_keys_change_with_the_graph_and_the_runtime_version():
+    key = cache.entry_key(["a" * 64, "b" * 64], "1.0")
+    assert key == cache.entry_key(["a" * 64, "b" * 64], "1.0")
+    assert key != cache.entry_key(["c" * 64, "b" * 64], "1.0")
+    assert key != cache.entry_key(["a" * 64, "c" * 64], "1.0")
+    assert key != cache.entry_key(["a" * 64, "b" * 64], "1.1")
+
+
+def test_only_the_newest_entries_are_kept(tmp_path):
+    root = tmp_path / "optimized"
+    for i in range(cache.KEEP + 2):
+        old = root / f"old{i}"
+        old.mkdir(parents=True)
+        os.utime(old, (1000 + i, 1000 + i))
+    tmp = cache.new_entry(root)
+    for name in (cache.GRAPH_FILE, cache.WEIGHTS_FILE):
+        (tmp / name).write_bytes(b"x")
+    cache.publish(tmp, root, "new")
+    kept = {p.name for p in root.iterdir()}
+    assert kept == {"new", *(f"old{i}" for i in range(3, cache.KEEP + 2))}
+
+
+def test_a_second_publisher_of_the_same_entry_leaves_the_first(tmp_path):
+    root = tmp_path / "optimized"
+    for content in (b"first", b"second"):
+        tmp = cache.new_entry(root)
+        for name in (cache.GRAPH_FILE, cache.WEIGHTS_FILE):
+            (tmp / name).write_bytes(content)
+        cache.publish(tmp, root, "k")
+    assert (root / "k" / cache.GRAPH_FILE).read_bytes() == b"first"
+    assert [p.name for p in root.iterdir()] == ["k"]
