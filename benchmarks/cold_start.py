@@ -12,6 +12,8 @@ fp32 and int8, each opened three ways, repetitions interleaved (median of 5, min
 - `loaded`: weights in `<graph>.data`, only the files it loads hashed, an empty cache folder (a
   first open after export or copy: it also saves ORT's optimized graph for later opens, see
   `bitfit_deploy.runtime.optimized_graphs`);
+- `nograph`: as `marker` below but with `BITFIT_DEPLOY_OPTIMIZED_GRAPHS=0`: markers only, the
+  graph optimized in every process (the default path before the optimized-graph cache);
 - `marker`: weights in `<graph>.data`, verified markers and the optimized graph in the cache
   folder, nothing hashed or optimized (every later open; the default path).
 
@@ -41,7 +43,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("before", "loaded", "marker")
+MODES = ("before", "loaded", "nograph", "marker")
 SKIP_COPY = (".git", ".venv", "runs", "build", "dist", "*.egg-info", "results", "__pycache__")
 EXCLUDED = (
     "pip",
@@ -199,7 +201,8 @@ def run_child(
     """One fresh process; returns its own timings plus the parent's view of its wall time."""
     cache = "" if mode == "before" else str(markers)  # "": no markers, no optimized graphs
     env = {**os.environ, "BITFIT_DEPLOY_CACHE_DIR": cache, "PYTHONDONTWRITEBYTECODE": "1"}
-    verify = {"before": "full", "loaded": "loaded", "marker": "cached"}[mode]
+    env["BITFIT_DEPLOY_OPTIMIZED_GRAPHS"] = "0" if mode == "nograph" else "1"
+    verify = {"before": "full", "loaded": "loaded", "nograph": "cached", "marker": "cached"}[mode]
     start = time.perf_counter()
     proc = subprocess.run(
         [str(python), "-c", CHILD, str(bundle), variant, verify, str(args.threads), delta, task],
@@ -251,7 +254,7 @@ def cold_start(python: Path, bundle: Path, delta: str, task: str, args, work: Pa
     for rep in range(args.reps):
         for variant, mode in configs[rep % len(configs) :] + configs[: rep % len(configs)]:
             path = before if mode == "before" else bundle
-            if mode == "marker":
+            if mode in ("marker", "nograph"):
                 result = run_child(python, path, variant, mode, args, markers, delta, task)
             else:  # a first open: an empty cache folder each time
                 shutil.rmtree(scratch, ignore_errors=True)

@@ -11,7 +11,8 @@ the session is made), the ONNX Runtime version and the CPU's feature flags, so a
 ORT upgrade or another CPU makes a new entry. It costs disk (the size of the weights: 86 MiB
 for fp32 MiniLM, 22 MiB for int8), so only the newest `KEEP` entries are kept. An entry that
 fails to load is removed and the session made from the bundle. Like markers, the folder is
-trusted: whoever can write it can change what runs. `BITFIT_DEPLOY_CACHE_DIR=""` turns it off.
+trusted: whoever can write it can change what runs. `BITFIT_DEPLOY_OPTIMIZED_GRAPHS=0` turns it
+off (markers stay); `BITFIT_DEPLOY_CACHE_DIR=""` turns off both.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ GRAPH_FILE = "model.onnx"
 WEIGHTS_FILE = "model.onnx.data"
 KEEP = 4
 """Entries kept (the newest by use); older ones are removed when a new one is written."""
+ENV = "BITFIT_DEPLOY_OPTIMIZED_GRAPHS"
+
+
+def enabled() -> bool:
+    """False when `BITFIT_DEPLOY_OPTIMIZED_GRAPHS` is "0"."""
+    return os.environ.get(ENV, "1").strip() != "0"
 
 
 def entry_key(digests: list[str], version: str) -> str:

@@ -87,7 +87,7 @@ def _cpu_session_via_cache(
 
     folder = marker_dir()
     cpu = PROVIDERS["cpu"]
-    if folder is None:
+    if folder is None or not cache.enabled():
         return _session(model, cpu, _options(threads, spin_wait))
     root, key = folder / "optimized", cache.entry_key(digests, ort.__version__)
     graph = cache.cached_graph(root, key)

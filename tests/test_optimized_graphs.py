@@ -84,6 +84,14 @@ def test_no_cache_folder_means_no_saved_graph(bundle, tmp_path, monkeypatch):
     assert not (tmp_path / "xdg").exists()
 
 
+def test_optimized_graphs_can_be_turned_off_alone(bundle, folder, monkeypatch):
+    monkeypatch.setenv(cache.ENV, "0")
+    monkeypatch.setattr(integrity, "RACY_SECONDS", 0.0)  # markers even for a fresh bundle
+    scores(bundle)
+    assert entries(folder) == []
+    assert any(folder.parent.glob("*.json"))  # the verified markers are still written
+
+
 def test_an_unwritable_cache_folder_only_costs_the_saving(bundle, tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
