@@ -111,12 +111,13 @@ def _cpu_session_via_cache(
         options.add_session_config_entry(
             "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
         )
+    if tmp is None:
+        return _session(model, cpu, options)
     try:
         session = _session(model, cpu, options)
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if tmp is not None:
-        cache.publish(tmp, root, key)
+    except Exception as exc:  # saving failed (a full disk, say), or the graph itself: try plain
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.warning("could not save the optimized graph (%s); opening without it", exc)
+        return _session(model, cpu, _options(threads, spin_wait))
+    cache.publish(tmp, root, key)
     return session

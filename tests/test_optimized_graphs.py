@@ -99,6 +99,16 @@ def test_an_unwritable_cache_folder_only_costs_the_saving(bundle, tmp_path, monk
     assert scores(bundle).shape == (len(SENTENCES),)
 
 
+def test_a_failed_save_still_opens_the_bundle(bundle, folder, monkeypatch, tmp_path, caplog):
+    """ORT cannot write the optimized graph (here: its folder is gone): the session opens anyway."""
+    monkeypatch.setattr(cache, "new_entry", lambda root: tmp_path / "gone" / "deeper")
+    with caplog.at_level(logging.WARNING, logger="bitfit_deploy.runtime.providers"):
+        got = scores(bundle)
+    assert got.shape == (len(SENTENCES),)
+    assert "could not save the optimized graph" in caplog.text
+    assert entries(folder) == []
+
+
 def test_keys_change_with_the_graph_and_the_runtime_version():
     key = cache.entry_key(["a" * 64, "b" * 64], "1.0")
     assert key == cache.entry_key(["a" * 64, "b" * 64], "1.0")
