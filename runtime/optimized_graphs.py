@@ -1,7 +1,8 @@
 """ONNX Runtime's optimized graph, kept between processes so a CPU session skips graph optimization.
 
-Creating the fp32 MiniLM session spends about half its time optimizing the graph (about 50 of
-100 ms on the README's machine), on every cold start. The first CPU session of a bundle graph
+Creating a session optimizes the graph again in every process: 0.03-0.06 s of a MiniLM cold start
+on the README's machine (`benchmarks/cold_start.py`, markers only against this cache). The first
+CPU session of a bundle graph
 therefore saves the graph as ORT optimized it (`optimized_model_filepath`, weights in a `.data`
 file beside it) into `optimized/` under the verified-marker folder (see
 `bitfit_deploy.integrity.marker_dir`); later sessions load that graph with optimization off.

@@ -103,16 +103,15 @@ def _cpu_session_via_cache(
             cache.discard(root, key)
     options = _options(threads, spin_wait)
     tmp = cache.new_entry(root)
-    if tmp is not None:
-        options.optimized_model_filepath = str(tmp / cache.GRAPH_FILE)
-        options.add_session_config_entry(
-            "session.optimized_model_external_initializers_file_name", cache.WEIGHTS_FILE
-        )
-        options.add_session_config_entry(
-            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
-        )
-    if tmp is None:
+    if tmp is None:  # the cache folder cannot be written: open without saving
         return _session(model, cpu, options)
+    options.optimized_model_filepath = str(tmp / cache.GRAPH_FILE)
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", cache.WEIGHTS_FILE
+    )
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+    )
     try:
         session = _session(model, cpu, options)
     except Exception as exc:  # saving failed (a full disk, say), or the graph itself: try plain

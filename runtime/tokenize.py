@@ -48,10 +48,10 @@ class BundleTokenizer:
         self.pair_specials = self._tokenizer.num_special_tokens_to_add(True)
         """Special tokens a pair gets; a max length must exceed it to cut anything."""
         self._lock = threading.Lock()  # the truncation length is tokenizer state
-        self._encode_batch = getattr(self._tokenizer, "encode_batch_fast", None)
-        """tokenizers >= 0.20: encode_batch without character offsets, which nothing here reads."""
-        if self._encode_batch is None:
-            self._encode_batch = self._tokenizer.encode_batch
+        # tokenizers >= 0.20: encode_batch without character offsets, which nothing here reads.
+        self._encode_batch = getattr(
+            self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch
+        )
 
     def encode(
         self, items: Sequence[TextInput], max_lengths: Sequence[int] | None = None
