@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bitfit_deploy.contract import HEAD_BIAS, HEAD_WEIGHT
+from bitfit_deploy.manifest import BiasInput
 from bitfit_deploy.runtime._gather_graph import ROWS, TABLE_PREFIX, gather_graph
 from bitfit_deploy.runtime.batching import plan_runs
+from bitfit_deploy.runtime.engine import HostEngine
 from bitfit_deploy.runtime.providers import create_session
+from bitfit_deploy.runtime.registry import BiasLayout, LoadedTask
 from bitfit_deploy.runtime.results import TaskInfo, make_prediction
 
 
@@ -105,3 +111,43 @@ def test_spin_wait_sets_ort_thread_spinning():
     default = create_session(data, "cpu", threads=2).get_session_options()
     with pytest.raises(RuntimeError, match="does not have configuration"):
         default.get_session_config_entry(key)  # unset: ORT's default, spinning
+
+
+def _loaded_task(name: str, row: np.ndarray, labels: int, hidden: int) -> LoadedTask:
+    info = TaskInfo(name, [f"l{i}" for i in range(labels)], "single_label", num_labels=labels)
+    head = np.full((labels, hidden), float(len(name)), np.float32)
+    return LoadedTask(info, row, head, np.arange(labels, dtype=np.float32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dims=st.lists(st.integers(1, 7), min_size=1, max_size=5),
+    batches=st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=9), min_size=1, max_size=5),
+    threads=st.integers(1, 3),
+)
+def test_host_feeds_gather_each_rows_biases_whatever_came_before(dims, batches, threads):
+    """Each bias input holds, row by row, the slice of that row's task, contiguous; feeds of
+    earlier batches keep their values while the engine's reused buffer serves later ones, of
+    any size, in any thread."""
+    layout = BiasLayout.from_inputs([BiasInput(f"b{i}", d) for i, d in enumerate(dims)])
+    rng = np.random.default_rng(len(dims))
+    tasks = [
+        _loaded_task(f"t{k}", rng.standard_normal(sum(dims)).astype(np.float32), 1 + k % 3, 4)
+        for k in range(4)
+    ]
+    engine = HostEngine(None, layout, hidden=4)  # feeds never touch the session
+    text = {"input_ids": np.zeros((1, 2), np.int64)}
+
+    def build(batch: list[int]) -> tuple[list[int], dict[str, np.ndarray]]:
+        return batch, engine.feeds([tasks[k] for k in batch], text)
+
+    with ThreadPoolExecutor(threads) as pool:
+        made = list(pool.map(build, batches * 2))
+    for batch, feeds in made:
+        for name, sl in layout.slices():
+            want = np.stack([tasks[k].row[sl] for k in batch])
+            np.testing.assert_array_equal(feeds[name], want)
+            assert feeds[name].flags.c_contiguous and feeds[name].flags.owndata
+        width = max(tasks[k].info.num_labels for k in batch)
+        assert feeds[HEAD_WEIGHT].shape == (len(batch), width, 4)
+        assert feeds[HEAD_BIAS].shape == (len(batch), width)
