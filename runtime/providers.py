@@ -112,6 +112,8 @@ def _cpu_session_via_cache(
     options.add_session_config_entry(
         "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
     )
+    # The weights as this CPU's kernels pack them, beside the plain ones: no packing at load.
+    options.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
     try:
         session = _session(model, cpu, options)
     except Exception as exc:  # saving failed (a full disk, say), or the graph itself: try plain

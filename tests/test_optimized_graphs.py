@@ -39,6 +39,18 @@ def scores(bundle, variant: str = "fp32", **kwargs) -> np.ndarray:
     return np.array([p.scores["positive"] for p in rt.predict("mood", SENTENCES)])
 
 
+def packed_weights(entry) -> list[str]:
+    """Initializers of a saved graph whose packed form ORT stored in the weights file."""
+    import onnx
+
+    graph = onnx.load(str(entry / cache.GRAPH_FILE), load_external_data=False).graph
+    return [
+        t.name
+        for t in graph.initializer
+        if any(e.key.startswith("prepacked") for e in t.external_data)
+    ]
+
+
 def entries(folder) -> list:
     return (
         sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
@@ -56,6 +68,7 @@ def test_a_second_runtime_loads_the_saved_graph_and_answers_the_same(
     with caplog.at_level(logging.DEBUG, logger="bitfit_deploy.runtime.providers"):
         second = scores(bundle, variant)
     assert FROM_CACHE in caplog.text
+    assert packed_weights(saved[0]), "the entry should hold the weights as the kernels pack them"
     monkeypatch.setenv(integrity.CACHE_ENV, "")  # cache off: the session from the bundle alone
     plain = scores(bundle, variant)
     np.testing.assert_allclose(second, plain, rtol=1e-6, atol=1e-7)
