@@ -33,6 +33,10 @@ def _padded_heads(tasks: Sequence[LoadedTask], hidden: int) -> tuple[np.ndarray,
     return weight, bias
 
 
+SCRATCH_BYTES = 16 << 20
+"""The largest bias-row buffer a thread keeps between batches: 160 MiniLM rows."""
+
+
 class HostEngine:
     """Gathers rows' bias vectors and heads in numpy and runs the session on plain arrays.
 
@@ -83,8 +87,11 @@ class HostEngine:
         return feeds
 
     def _stacked_rows(self, tasks: Sequence[LoadedTask]) -> np.ndarray:
-        """`[len(tasks), row width]`: the tasks' rows, in a buffer kept per thread (grown as needed)."""
+        """`[len(tasks), row width]`: the tasks' rows, in a buffer kept per thread (grown as needed,
+        up to `SCRATCH_BYTES`; a larger batch gets an array of its own, freed after the run)."""
         width = len(tasks[0].row)
+        if len(tasks) * width * 4 > SCRATCH_BYTES:
+            return np.stack([task.row for task in tasks])
         buffer = getattr(self._scratch, "rows", None)
         if buffer is None or buffer.shape[0] < len(tasks) or buffer.shape[1] != width:
             buffer = self._scratch.rows = np.empty((len(tasks), width), dtype=np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from bitfit_deploy.contract import HEAD_BIAS, HEAD_WEIGHT
 from bitfit_deploy.manifest import BiasInput
+from bitfit_deploy.runtime import engine as engine_module
 from bitfit_deploy.runtime._gather_graph import ROWS, TABLE_PREFIX, gather_graph
 from bitfit_deploy.runtime.batching import plan_runs
 from bitfit_deploy.runtime.engine import HostEngine
@@ -124,11 +126,14 @@ def _loaded_task(name: str, row: np.ndarray, labels: int, hidden: int) -> Loaded
     dims=st.lists(st.integers(1, 7), min_size=1, max_size=5),
     batches=st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=9), min_size=1, max_size=5),
     threads=st.integers(1, 3),
+    scratch_rows=st.integers(0, 10),
 )
-def test_host_feeds_gather_each_rows_biases_whatever_came_before(dims, batches, threads):
+def test_host_feeds_gather_each_rows_biases_whatever_came_before(
+    dims, batches, threads, scratch_rows
+):
     """Each bias input holds, row by row, the slice of that row's task, contiguous; feeds of
     earlier batches keep their values while the engine's reused buffer serves later ones, of
-    any size, in any thread."""
+    any size (beyond the buffer's cap too), in any thread."""
     layout = BiasLayout.from_inputs([BiasInput(f"b{i}", d) for i, d in enumerate(dims)])
     rng = np.random.default_rng(len(dims))
     tasks = [
@@ -141,7 +146,8 @@ def test_host_feeds_gather_each_rows_biases_whatever_came_before(dims, batches, 
     def build(batch: list[int]) -> tuple[list[int], dict[str, np.ndarray]]:
         return batch, engine.feeds([tasks[k] for k in batch], text)
 
-    with ThreadPoolExecutor(threads) as pool:
+    cap = scratch_rows * sum(dims) * 4  # batches of more rows get arrays of their own
+    with patch.object(engine_module, "SCRATCH_BYTES", cap), ThreadPoolExecutor(threads) as pool:
         made = list(pool.map(build, batches * 2))
     for batch, feeds in made:
         for name, sl in layout.slices():
