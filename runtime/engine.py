@@ -9,7 +9,8 @@ crosses to the device per request. It runs on "cuda" and, for tests, on "cpu".
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,8 +34,40 @@ def _padded_heads(tasks: Sequence[LoadedTask], hidden: int) -> tuple[np.ndarray,
     return weight, bias
 
 
-SCRATCH_BYTES = 16 << 20
-"""The largest bias-row buffer a thread keeps between batches: 160 MiniLM rows."""
+class RowStack:
+    """Stacks a batch's bias rows into reused buffers: a fresh multi-MiB array per batch costs its
+    page faults (2.2 against 0.8 ms for 32 MiniLM rows, one-off micro-benchmark).
+
+    At most `keep` buffers (the largest) are kept between batches, whatever the number of calling
+    threads; a caller finding none free and large enough gets a new one, and a batch over
+    `max_bytes` an array of its own.
+    """
+
+    def __init__(self, keep: int = 2, max_bytes: int = 16 << 20) -> None:
+        self.keep = keep
+        self.max_bytes = max_bytes  # 160 MiniLM rows
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def stacked(self, rows: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
+        """`[len(rows), width]` float32 holding `rows`, valid until the block ends."""
+        n, width = len(rows), len(rows[0])
+        if n * width * 4 > self.max_bytes:
+            yield np.stack(rows)
+            return
+        with self._lock:
+            fits = [i for i, b in enumerate(self._free) if b.shape[0] >= n and b.shape[1] == width]
+            buffer = self._free.pop(fits[0]) if fits else None
+        if buffer is None:
+            buffer = np.empty((n, width), dtype=np.float32)
+        try:
+            yield np.stack(rows, out=buffer[:n])
+        finally:
+            with self._lock:  # keep the largest: a few single rows must not crowd out batches
+                self._free.append(buffer)
+                self._free.sort(key=len, reverse=True)
+                del self._free[self.keep :]
 
 
 class HostEngine:
@@ -54,7 +87,7 @@ class HostEngine:
         self.layout = layout
         self.hidden = hidden
         self.slices = slices or RowSlices(1)
-        self._scratch = threading.local()
+        self.row_stack = RowStack()
 
     def build_device(self, tasks: list[LoadedTask]) -> None:
         return None
@@ -73,31 +106,16 @@ class HostEngine:
     ) -> dict[str, np.ndarray]:
         """The graph's inputs for rows whose tasks are `tasks`: text, bias rows, padded heads.
 
-        The batch's rows are stacked once into this thread's reusable buffer, then each input's
-        columns copied out contiguous: two numpy calls per input, where filling each input row
-        by row takes one per row and input. The buffer is reused because a fresh multi-MiB array
-        per batch costs its page faults: 2.2 against 0.8 ms for 32 MiniLM rows (`feeds` own
-        time, `benchmarks/runtime_tasks.py` prints it). The feeds never alias the buffer.
+        The batch's rows are stacked once (into a reused buffer, see `RowStack`), then each
+        input's columns copied out contiguous: two numpy calls per input, where filling each
+        input row by row takes one per row and input. The feeds never alias the buffer.
         """
         feeds = dict(text)
-        rows = self._stacked_rows(tasks)
-        for name, sl in self.layout.slices():
-            feeds[name] = rows[:, sl].copy()  # a copy even where the slice is contiguous
+        with self.row_stack.stacked([task.row for task in tasks]) as rows:
+            for name, sl in self.layout.slices():
+                feeds[name] = rows[:, sl].copy()  # a copy even where the slice is contiguous
         feeds[HEAD_WEIGHT], feeds[HEAD_BIAS] = _padded_heads(tasks, self.hidden)
         return feeds
-
-    def _stacked_rows(self, tasks: Sequence[LoadedTask]) -> np.ndarray:
-        """`[len(tasks), row width]`: the tasks' rows, in a buffer kept per thread (grown as needed,
-        up to `SCRATCH_BYTES`; a larger batch gets an array of its own, freed after the run)."""
-        width = len(tasks[0].row)
-        if len(tasks) * width * 4 > SCRATCH_BYTES:
-            return np.stack([task.row for task in tasks])
-        buffer = getattr(self._scratch, "rows", None)
-        if buffer is None or buffer.shape[0] < len(tasks) or buffer.shape[1] != width:
-            buffer = self._scratch.rows = np.empty((len(tasks), width), dtype=np.float32)
-        rows = buffer[: len(tasks)]
-        np.stack([task.row for task in tasks], out=rows)
-        return rows
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ from hypothesis import strategies as st
 
 from bitfit_deploy.contract import HEAD_BIAS, HEAD_WEIGHT
 from bitfit_deploy.manifest import BiasInput
-from bitfit_deploy.runtime import engine as engine_module
 from bitfit_deploy.runtime._gather_graph import ROWS, TABLE_PREFIX, gather_graph
 from bitfit_deploy.runtime.batching import plan_runs
 from bitfit_deploy.runtime.engine import HostEngine
@@ -146,9 +144,13 @@ def test_host_feeds_gather_each_rows_biases_whatever_came_before(
     def build(batch: list[int]) -> tuple[list[int], dict[str, np.ndarray]]:
         return batch, engine.feeds([tasks[k] for k in batch], text)
 
-    cap = scratch_rows * sum(dims) * 4  # batches of more rows get arrays of their own
-    with patch.object(engine_module, "SCRATCH_BYTES", cap), ThreadPoolExecutor(threads) as pool:
+    engine.row_stack.max_bytes = scratch_rows * sum(dims) * 4  # over it: arrays of their own
+    with ThreadPoolExecutor(threads) as pool:
         made = list(pool.map(build, batches * 2))
+    kept = engine.row_stack._free
+    assert len(kept) <= engine.row_stack.keep
+    largest = max((len(b) for b in batches if len(b) <= scratch_rows), default=0)
+    assert max((len(b) for b in kept), default=0) >= largest, "the largest buffer is kept"
     for batch, feeds in made:
         for name, sl in layout.slices():
             want = np.stack([tasks[k].row[sl] for k in batch])
