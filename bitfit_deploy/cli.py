@@ -16,7 +16,7 @@ import click
 from bitfit_deploy import __version__
 from bitfit_deploy.errors import BitFitError
 
-COMMANDS = ("train", "inspect", "merge", "export", "verify", "predict", "eval", "serve")
+COMMANDS = ("train", "inspect", "merge", "export", "verify", "predict", "eval", "serve", "cache")
 
 
 class _Group(click.Group):

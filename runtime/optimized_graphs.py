@@ -39,6 +39,9 @@ WEIGHTS_FILE = "model.onnx.data"
 KEEP = 4
 """Entries kept (the newest by use); older ones are removed when a new one is written."""
 ENV = "BITFIT_DEPLOY_OPTIMIZED_GRAPHS"
+LAYOUT = 2
+"""What an entry holds; part of its key, so entries of an older layout are no longer read (and
+are pruned as new ones come). 2: the weights also as the CPU's kernels pack them."""
 
 
 def enabled() -> bool:
@@ -46,9 +49,10 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1").strip() != "0"
 
 
-def entry_key(digests: list[str], version: str) -> str:
-    """A short hex key for graph+weights `digests`, ONNX Runtime `version` and this CPU."""
-    parts = [*digests, version, platform.machine(), _cpu_flags()]
+def entry_key(digests: list[str], version: str, layout: int | None = None) -> str:
+    """A short hex key for graph+weights `digests`, ONNX Runtime `version`, this CPU and the
+    entry `layout` (default `LAYOUT`)."""
+    parts = [*digests, version, platform.machine(), _cpu_flags(), str(layout or LAYOUT)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
@@ -102,8 +106,14 @@ def discard(root: Path, key: str) -> None:
     shutil.rmtree(root / key, ignore_errors=True)
 
 
+def entries(root: Path) -> list[Path]:
+    """The entries under `root`, the most recently used first (folders being written excluded)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
 def _prune(root: Path) -> None:
-    entries = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in entries[KEEP:]:
+    for old in entries(root)[KEEP:]:
         shutil.rmtree(old, ignore_errors=True)

@@ -122,12 +122,13 @@ def test_a_failed_save_still_opens_the_bundle(bundle, folder, monkeypatch, tmp_p
     assert entries(folder) == []
 
 
-def test_keys_change_with_the_graph_and_the_runtime_version():
+def test_keys_change_with_the_graph_the_runtime_version_and_the_layout():
     key = cache.entry_key(["a" * 64, "b" * 64], "1.0")
     assert key == cache.entry_key(["a" * 64, "b" * 64], "1.0")
     assert key != cache.entry_key(["c" * 64, "b" * 64], "1.0")
     assert key != cache.entry_key(["a" * 64, "c" * 64], "1.0")
     assert key != cache.entry_key(["a" * 64, "b" * 64], "1.1")
+    assert key != cache.entry_key(["a" * 64, "b" * 64], "1.0", layout=cache.LAYOUT - 1)
 
 
 def test_only_the_newest_entries_are_kept(tmp_path):
@@ -153,3 +154,34 @@ def test_a_second_publisher_of_the_same_entry_leaves_the_first(tmp_path):
         cache.publish(tmp, root, "k")
     assert (root / "k" / cache.GRAPH_FILE).read_bytes() == b"first"
     assert [p.name for p in root.iterdir()] == ["k"]
+
+
+def test_cache_command_lists_and_clears_markers_and_graphs(bundle, folder, monkeypatch):
+    """`bitfit-deploy cache` shows what an open left behind; `--clear` removes it all, and the
+    next open works (and fills the cache again)."""
+    from click.testing import CliRunner
+
+    from bitfit_deploy.cli import cli
+
+    monkeypatch.setattr(integrity, "RACY_SECONDS", 0.0)  # markers even for files just written
+    runner = CliRunner()
+    empty = runner.invoke(cli, ["cache"])
+    assert empty.exit_code == 0, empty.output
+    assert "verified markers: 0" in empty.output and "optimized graphs: 0" in empty.output
+    want = scores(bundle)
+    (entry,) = entries(folder)
+    markers = sorted(folder.parent.glob("*.json"))
+    assert markers
+    shown = runner.invoke(cli, ["cache"])
+    assert shown.exit_code == 0, shown.output
+    assert f"verified markers: {len(markers)}" in shown.output
+    assert "optimized graphs: 1" in shown.output and entry.name in shown.output
+    cleared = runner.invoke(cli, ["cache", "--clear"])
+    assert cleared.exit_code == 0, cleared.output
+    assert f"removed {len(markers)} verified markers and 1 optimized graphs" in cleared.output
+    assert entries(folder) == [] and not list(folder.parent.glob("*.json"))
+    np.testing.assert_allclose(scores(bundle), want, rtol=1e-6, atol=1e-7)
+    assert len(entries(folder)) == 1
+    monkeypatch.setenv(integrity.CACHE_ENV, "")
+    off = runner.invoke(cli, ["cache", "--clear"])
+    assert off.exit_code == 0 and "the cache is off" in off.output
