@@ -182,6 +182,14 @@ def test_cache_command_lists_and_clears_markers_and_graphs(bundle, folder, monke
     assert entries(folder) == [] and not list(folder.parent.glob("*.json"))
     np.testing.assert_allclose(scores(bundle), want, rtol=1e-6, atol=1e-7)
     assert len(entries(folder)) == 1
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("shutil.rmtree", refuse)
+    stuck = runner.invoke(cli, ["cache", "--clear"])
+    assert stuck.exit_code == 1 and "could not remove 1 of" in stuck.output
+    assert "Permission denied" in stuck.output and len(entries(folder)) == 1
     monkeypatch.setenv(integrity.CACHE_ENV, "")
     off = runner.invoke(cli, ["cache", "--clear"])
     assert off.exit_code == 0 and "the cache is off" in off.output

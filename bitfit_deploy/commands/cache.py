@@ -39,10 +39,18 @@ def command(clear: bool) -> None:
     marker_bytes = sum(p.stat().st_size for p in markers)
     graph_sizes = [_size(g) for g in graphs]
     if clear:
-        for marker in markers:
-            marker.unlink(missing_ok=True)
-        for graph in graphs:
-            shutil.rmtree(graph)
+        failed: list[str] = []
+        for path in [*markers, *graphs]:
+            try:
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            except OSError as exc:  # in use (Windows), or a folder we may not write
+                failed.append(f"{path.name} ({exc.strerror or exc})")
+        if failed:
+            raise click.ClickException(
+                f"could not remove {len(failed)} of {len(markers) + len(graphs)} cache entries "
+                f"in {folder}: {', '.join(failed[:3])}. Stop the processes using them, or check "
+                "the folder's permissions, and run `bitfit-deploy cache --clear` again."
+            )
         click.echo(
             f"removed {len(markers)} verified markers and {len(graphs)} optimized graphs "
             f"({_mib(marker_bytes + sum(graph_sizes))}) from {folder}"
