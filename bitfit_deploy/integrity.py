@@ -180,12 +180,17 @@ def _write_marker(markers: Path, path: Path, key: dict[str, object]) -> None:
         log.debug("cannot write a verified marker in %s (%s)", markers, exc)
 
 
+def marker_files(markers: Path) -> list[Path]:
+    """The verified-marker files in folder `markers` (none if it does not exist)."""
+    return sorted(markers.glob("*.json")) if markers.is_dir() else []
+
+
 def _prune(markers: Path) -> None:
     """Past PRUNE_ABOVE markers, drop those whose file is gone (temp bundles), once a process."""
     global _pruned
     if _pruned:
         return
-    entries = list(markers.glob("*.json"))
+    entries = marker_files(markers)
     if len(entries) <= PRUNE_ABOVE:
         return
     _pruned = True

@@ -34,6 +34,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+FOLDER = "optimized"
+"""The subfolder of the verified-marker folder that holds the entries."""
 GRAPH_FILE = "model.onnx"
 WEIGHTS_FILE = "model.onnx.data"
 KEEP = 4
@@ -49,10 +51,10 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1").strip() != "0"
 
 
-def entry_key(digests: list[str], version: str, layout: int | None = None) -> str:
+def entry_key(digests: list[str], version: str, layout: int = LAYOUT) -> str:
     """A short hex key for graph+weights `digests`, ONNX Runtime `version`, this CPU and the
-    entry `layout` (default `LAYOUT`)."""
-    parts = [*digests, version, platform.machine(), _cpu_flags(), str(layout or LAYOUT)]
+    entry `layout`."""
+    parts = [*digests, version, platform.machine(), _cpu_flags(), str(layout)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 

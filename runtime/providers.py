@@ -89,7 +89,7 @@ def _cpu_session_via_cache(
     cpu = PROVIDERS["cpu"]
     if folder is None or not cache.enabled():
         return _session(model, cpu, _options(threads, spin_wait))
-    root, key = folder / "optimized", cache.entry_key(digests, ort.__version__)
+    root, key = folder / cache.FOLDER, cache.entry_key(digests, ort.__version__)
     graph = cache.cached_graph(root, key)
     if graph is not None:
         options = _options(threads, spin_wait)

@@ -26,23 +26,25 @@ def command(clear: bool) -> None:
     Both only make opening a bundle faster: with them gone, the next open hashes the files it
     loads and optimizes the graph again (a slower first start), and nothing else changes.
     """
-    from bitfit_deploy.integrity import CACHE_ENV, marker_dir
+    from bitfit_deploy.integrity import CACHE_ENV, marker_dir, marker_files
     from bitfit_deploy.runtime import optimized_graphs
 
     folder = marker_dir()
     if folder is None:
         click.echo(f"the cache is off (${CACHE_ENV} is set empty): nothing is kept between opens.")
         return
-    markers = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    graphs_root = folder / "optimized"
-    graphs = optimized_graphs.entries(graphs_root)
+    markers = marker_files(folder)
+    graphs = optimized_graphs.entries(folder / optimized_graphs.FOLDER)
     marker_bytes = sum(p.stat().st_size for p in markers)
     graph_sizes = [_size(g) for g in graphs]
     if clear:
         failed: list[str] = []
         for path in [*markers, *graphs]:
             try:
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
             except OSError as exc:  # in use (Windows), or a folder we may not write
                 failed.append(f"{path.name} ({exc.strerror or exc})")
         if failed:
