@@ -28,8 +28,6 @@ import hashlib
 import logging
 import os
 import platform
-import shutil
-import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -83,6 +81,8 @@ def cached_graph(root: Path, key: str) -> Path | None:
 
 def new_entry(root: Path) -> Path | None:
     """A temp folder under `root` for ORT to save the optimized graph into, or None if unwritable."""
+    import tempfile  # only a first open writes (see bitfit_deploy._io)
+
     try:
         root.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=".new-", dir=root))
@@ -93,6 +93,8 @@ def new_entry(root: Path) -> Path | None:
 
 def publish(tmp: Path, root: Path, key: str) -> None:
     """Move the saved graph in `tmp` to entry `key` (unless another process was first); prune."""
+    import shutil
+
     try:
         if (tmp / GRAPH_FILE).is_file() and (tmp / WEIGHTS_FILE).is_file():
             os.rename(tmp, root / key)
@@ -105,6 +107,8 @@ def publish(tmp: Path, root: Path, key: str) -> None:
 
 def discard(root: Path, key: str) -> None:
     """Remove entry `key` (it failed to load)."""
+    import shutil
+
     shutil.rmtree(root / key, ignore_errors=True)
 
 
@@ -117,5 +121,7 @@ def entries(root: Path) -> list[Path]:
 
 
 def _prune(root: Path) -> None:
+    import shutil
+
     for old in entries(root)[KEEP:]:
         shutil.rmtree(old, ignore_errors=True)

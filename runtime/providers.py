@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 
 import onnxruntime as ort
 
@@ -117,6 +116,8 @@ def _cpu_session_via_cache(
     try:
         session = _session(model, cpu, options)
     except Exception as exc:  # saving failed (a full disk, say), or the graph itself: try plain
+        import shutil  # only a first open writes (see bitfit_deploy._io)
+
         shutil.rmtree(tmp, ignore_errors=True)
         log.warning("could not save the optimized graph (%s); opening without it", exc)
         return _session(model, cpu, _options(threads, spin_wait))
