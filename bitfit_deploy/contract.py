@@ -7,6 +7,7 @@ This module imports numpy-free, torch-free Python only: the runtime depends on i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 HEAD_WEIGHT = "head.weight"
@@ -34,6 +35,22 @@ TASK_INPUTS = ("single", "pair", "unknown")
 accepted: a delta written before the arity was recorded, whose training columns do not tell)."""
 
 POOLER_PREFIX = "pooler."
+
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A task name (match it whole): also a file name in a bundle's `tasks/` and the server's task
+store, and a URL segment, so letters, digits, '.', '_', '-', no leading dot, 1-128 characters."""
+
+
+def check_task_name(name: object, fix: str) -> str:
+    """`name` if it is a TASK_NAME, else InvalidInputError saying the rule and `fix` (what to do)."""
+    from bitfit_deploy.errors import InvalidInputError
+
+    if isinstance(name, str) and TASK_NAME.fullmatch(name):
+        return name
+    raise InvalidInputError(
+        f"task name {name!r} is not usable: it names files and URLs, so use 1-128 letters, "
+        f"digits, '.', '_' or '-', starting with a letter or digit; {fix}."
+    )
 
 
 def is_bias(name: str) -> bool:

@@ -43,6 +43,10 @@ class OutputExistsError(BitFitError, FileExistsError):
     """The output path exists and --force was not given."""
 
 
+class OutputPathError(BitFitError, OSError):
+    """The output cannot be written there: a parent is a file, or the folder refuses writes."""
+
+
 class TaskNotFoundError(BitFitError, KeyError):
     """A request named a task that is not loaded."""
 

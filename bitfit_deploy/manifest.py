@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bitfit_deploy import __version__
+from bitfit_deploy.contract import POOLINGS, TEXT_INPUTS
 from bitfit_deploy.errors import BundleError
 from bitfit_deploy.integrity import sha256_file as sha256_file  # re-exported: exporters use it
 from bitfit_deploy.integrity import verify_files
@@ -35,6 +37,8 @@ INT8_CALIBRATION_FILE = "int8_calibration.safetensors"
 """Static int8 only: token ids of the texts the range probe runs a new task on."""
 CLIPPED_OUTPUT_PREFIX = "int8_clipped/"
 """Range probe outputs: per row, the share of a quantized tensor's values beyond its clip."""
+PROBE_FILE_KEYS = ("probe", "calibration_inputs")
+"""Keys of a static int8 variant's `quantization` entry that name bundle files."""
 BAKED_DIR = "baked"
 """`--bake TASK` writes `baked/TASK.onnx`: a plain single-task graph with biases as constants."""
 
@@ -93,18 +97,33 @@ class Manifest:
             *(self.tasks if tasks else []),
         ]
 
+    def referenced_files(self) -> list[str]:
+        """Every file the manifest points at: each variant's runtime files (shipped tasks
+        included), the baked graphs and the int8 range probe's files. Each needs a sha256."""
+        files = [f for variant in self.variants for f in self.runtime_files(variant)]
+        files += self.baked.values()
+        for spec in self.quantization.values():
+            files += [spec[k] for k in PROBE_FILE_KEYS if isinstance(spec.get(k), str)]
+        return list(dict.fromkeys(files))
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = MANIFEST_FILE) -> Manifest:
-        """Build from parsed JSON, checking the format and required keys; unknown keys tolerated."""
+        """Build from parsed JSON, checking the format, keys, types and values; unknown keys tolerated."""
+        if not isinstance(data, dict):
+            raise BundleError(
+                f"{source} holds a JSON {type(data).__name__}, not an object; it is not a bundle "
+                "manifest (damaged or replaced). Export the bundle again."
+            )
         if data.get("format") != FORMAT_NAME:
             raise BundleError(
                 f"{source} is not a bitfit-deploy bundle manifest (format {data.get('format')!r}); "
                 "create bundles with `bitfit-deploy export --onnx`."
             )
-        if int(data.get("format_version", 0)) > FORMAT_VERSION:
+        _check_types(cls, data, source)
+        if data.get("format_version", 0) > FORMAT_VERSION:
             raise BundleError(
                 f"{source} has bundle format version {data['format_version']}, newer than this "
                 f"bitfit-deploy reads ({FORMAT_VERSION}); upgrade bitfit-deploy."
@@ -120,7 +139,98 @@ class Manifest:
         if missing:
             raise BundleError(f"{source} lacks the keys {missing}; export the bundle again.")
         values["bias_inputs"] = [BiasInput(**b) for b in values["bias_inputs"]]
-        return cls(**values)
+        manifest = cls(**values)
+        _check_values(manifest, source)
+        return manifest
+
+
+def _check_types(cls: type, data: dict[str, Any], source: str) -> None:
+    """BundleError naming the first known key whose value is not of the type `cls` declares."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in data and not _conforms(data[f.name], hints[f.name]):
+            raise BundleError(
+                f"{source}: {f.name!r} is {json.dumps(data[f.name])[:80]}, not {_type_name(hints[f.name])}; "
+                "the manifest was edited or damaged. Export the bundle again."
+            )
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether parsed JSON `value` fits `hint` (str, int, list[...], dict[...], Any, a dataclass)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items()
+        )
+    if dataclasses.is_dataclass(hint):
+        names = {f.name for f in dataclasses.fields(hint)}
+        hints = typing.get_type_hints(hint)
+        return (
+            isinstance(value, dict)
+            and set(value) == names
+            and all(_conforms(value[n], hints[n]) for n in names)
+        )
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    if dataclasses.is_dataclass(hint):
+        fields = ", ".join(f'"{f.name}": {f.type}' for f in dataclasses.fields(hint))
+        return f"{{{fields}}}"
+    return getattr(hint, "__name__", None) if typing.get_origin(hint) is None else str(hint)
+
+
+def _check_values(m: Manifest, source: str) -> None:
+    """BundleError for values of the right type that no export writes (sizes, names, paths)."""
+    problems = [
+        *(
+            f"{k} must be at least 1"
+            for k in ("max_length", "hidden_size", "opset")
+            if getattr(m, k) < 1
+        ),
+        *(["pad_token_id must not be negative"] if m.pad_token_id < 0 else []),
+        *(
+            f"{k} must not be empty"
+            for k in ("base_fingerprint", "architecture", "text_inputs", "bias_inputs", "variants")
+            if not getattr(m, k)
+        ),
+        *([f"pooling must be one of {', '.join(POOLINGS)}"] if m.pooling not in POOLINGS else []),
+        *(
+            f"text input {t!r} is not one of {', '.join(TEXT_INPUTS)}"
+            for t in m.text_inputs
+            if t not in TEXT_INPUTS
+        ),
+        *(f"bias input {b.name!r} has width {b.dim}" for b in m.bias_inputs if b.dim < 1),
+    ]
+    for variant, spec in m.quantization.items():
+        if spec.get("probe"):  # a static int8 range probe: its files and clip values
+            clip = spec.get("clip")
+            if not all(isinstance(spec.get(k), str) for k in PROBE_FILE_KEYS) or not (
+                isinstance(clip, dict)
+                and all(_conforms(v, float) or _conforms(v, int) for v in clip.values())
+            ):
+                problems.append(f"the {variant} range probe lacks its files or clip values")
+    paths = [*m.variants.values(), *m.weights.values(), *m.files, *m.tasks, *m.baked.values()]
+    problems += [
+        f"path {p!r} is not a relative path inside the bundle" for p in paths if not _inside(p)
+    ]
+    if problems:
+        raise BundleError(
+            f"{source}: {'; '.join(problems[:3])}; the manifest was edited or damaged. Export the "
+            "bundle again."
+        )
+
+
+def _inside(rel: str) -> bool:
+    """Whether `rel` names a file inside the bundle: relative, no `..`, not empty."""
+    path = PurePosixPath(rel.replace("\\", "/"))
+    return bool(rel) and not path.is_absolute() and ".." not in path.parts and ":" not in rel
 
 
 def read_manifest(bundle_dir: str | os.PathLike[str], verify: bool = True) -> Manifest:
@@ -137,8 +247,8 @@ def read_manifest(bundle_dir: str | os.PathLike[str], verify: bool = True) -> Ma
             "Create one with `bitfit-deploy export --onnx --output DIR`."
         )
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path} is not valid JSON ({exc}); export the bundle again.") from exc
     manifest = Manifest.from_dict(data, str(path))
     if verify:

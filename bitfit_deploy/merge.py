@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bitfit_deploy import folder_readme
-from bitfit_deploy._io import atomic_dir
+from bitfit_deploy._io import atomic_dir, check_output
 from bitfit_deploy.delta import DeltaMetadata, load_delta
 from bitfit_deploy.errors import DeltaFormatError, FingerprintMismatchError
 from bitfit_deploy.fingerprint import short
@@ -65,6 +65,7 @@ def merge(
 ) -> MergeResult:
     """Merge the delta at `delta_path` into its base (`model`, else the delta's hint, else the packaged one)."""
     delta = load_delta(delta_path)
+    check_output(output, force, "output folder")  # before loading the model, not after
     meta = delta.metadata
     encoder, path = load_encoder(model or _base_hint(meta))
     found = base_fingerprint(encoder)

@@ -16,7 +16,12 @@ from torch import nn
 
 from bitfit_deploy.contract import HEAD_BIAS, HEAD_WEIGHT, POOLINGS, is_bias
 from bitfit_deploy.delta import TaskDelta
-from bitfit_deploy.errors import ModelError, NoBiasError, UnsupportedArchitectureError
+from bitfit_deploy.errors import (
+    IncompatibleTaskError,
+    ModelError,
+    NoBiasError,
+    UnsupportedArchitectureError,
+)
 from bitfit_deploy.fingerprint import fingerprint
 
 SUPPORTED_ARCHITECTURES = ("bert", "roberta", "xlm-roberta", "distilbert")
@@ -247,10 +252,22 @@ def apply_delta(encoder: nn.Module, delta: TaskDelta) -> TaskModel:
         delta.metadata.problem_type,
     )
     params = dict(model.encoder.named_parameters())
+    task = delta.metadata.task
+    for name, value in delta.biases.items():
+        if name not in params:
+            raise ModelError(f"delta bias {name!r} is not a parameter of this base model.")
+        if tuple(value.shape) != tuple(params[name].shape):
+            raise IncompatibleTaskError(
+                f"task {task!r}: bias {name!r} has shape {tuple(value.shape)}, the base model's "
+                f"has {tuple(params[name].shape)}; the delta was damaged or edited, retrain it."
+            )
+    if tuple(delta.head_weight.shape) != tuple(model.head.weight.shape):
+        raise IncompatibleTaskError(
+            f"task {task!r}: head of shape {tuple(delta.head_weight.shape)} does not fit this base "
+            f"(it needs {tuple(model.head.weight.shape)}); retrain the task on this base."
+        )
     with torch.no_grad():
         for name, value in delta.biases.items():
-            if name not in params:
-                raise ModelError(f"delta bias {name!r} is not a parameter of this base model.")
             params[name].add_(torch.from_numpy(np.asarray(value)))
         model.head.weight.copy_(torch.from_numpy(delta.head_weight))
         model.head.bias.copy_(torch.from_numpy(delta.head_bias))

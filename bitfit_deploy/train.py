@@ -32,7 +32,7 @@ from torch import nn
 
 from bitfit_deploy import __version__
 from bitfit_deploy._io import check_output
-from bitfit_deploy.contract import HEAD_BIAS, HEAD_WEIGHT, PROBLEM_TYPES
+from bitfit_deploy.contract import HEAD_BIAS, HEAD_WEIGHT, PROBLEM_TYPES, check_task_name
 from bitfit_deploy.data import Columns, Split, TaskData, load_task_data
 from bitfit_deploy.delta import DeltaMetadata, TaskDelta, save_delta
 from bitfit_deploy.errors import DataError, ModelError
@@ -163,8 +163,8 @@ def train(
     `callbacks` are extra transformers `TrainerCallback`s (timing, logging) added to the Trainer.
     `data` is `read_data(config)` when the caller has read it already (to print its summary).
     """
-    _check_config(config)
-    check_output(config.output, config.force, "output")
+    check_config(config)
+    check_output(config.output, config.force, "output", file=True)
     data = data if data is not None else read_data(config)
     metric = (
         get_preset(config.preset).metric if config.preset else DEFAULT_METRIC[data.problem_type]
@@ -268,7 +268,9 @@ def train(
     )
 
 
-def _check_config(config: TrainConfig) -> None:
+def check_config(config: TrainConfig) -> None:
+    """A typed error for a setting no training can use; `train` and the CLI call it before any work."""
+    check_task_name(config.task, "pass another --task")
     if config.method not in METHODS:
         raise ModelError(f"unknown method {config.method!r}; choose bitfit, full or head.")
     if config.problem_type is not None and config.problem_type not in PROBLEM_TYPES:
@@ -278,7 +280,12 @@ def _check_config(config: TrainConfig) -> None:
     for name in ("batch_size", "max_length"):
         if getattr(config, name) < 1:
             raise DataError(f"{name} must be at least 1, got {getattr(config, name)}.")
-    if config.max_steps is None and not config.num_epochs() > 0:
+    for name in ("max_steps", "early_stopping"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise DataError(f"{name} must be at least 1, got {getattr(config, name)}.")
+    if config.lr is not None and not 0 <= config.lr < math.inf:  # 0: the weights stay as they are
+        raise DataError(f"lr must be a number >= 0, got {config.lr}; try 5e-3 for bitfit.")
+    if config.max_steps is None and not 0 < config.num_epochs() < math.inf:
         raise DataError(f"epochs must be positive, got {config.epochs}.")
 
 

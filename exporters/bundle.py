@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from bitfit_deploy._io import _umask_mode, atomic_dir
-from bitfit_deploy.contract import HEAD_KEYS, graph_bias_names
+from bitfit_deploy._io import _umask_mode, atomic_dir, check_output
+from bitfit_deploy.contract import HEAD_KEYS, check_task_name, graph_bias_names
 from bitfit_deploy.delta import TaskDelta, check_delta_fits, load_delta
 from bitfit_deploy.errors import ExportOptionError, IncompatibleTaskError
 from bitfit_deploy.exporters.bake import export_baked_graph
@@ -53,7 +52,6 @@ from bitfit_deploy.runtime.tokenize import BundleTokenizer
 
 DEFAULT_MAX_LENGTH = 256
 log = logging.getLogger("bitfit_deploy.export")
-_TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def export_bundle(
@@ -92,6 +90,7 @@ def export_bundle(
             "--calibration applies only to static int8; add --quantize int8 (and drop "
             "--int8-activations per-token)."
         )
+    check_output(output, force, "output folder")  # before loading the model, not after
     texts = read_calibration_texts(calibration) if static_int8 else None
     encoder, model_path = load_encoder(model)
     architecture = check_supported(encoder)
@@ -248,12 +247,7 @@ def _bundle_pooling(
 def _check_unique_names(deltas: list[tuple[Path, TaskDelta]]) -> None:
     seen: dict[str, Path] = {}
     for path, delta in deltas:
-        name = delta.metadata.task
-        if not _TASK_NAME.fullmatch(name):
-            raise IncompatibleTaskError(
-                f"task name {name!r} of {path} cannot name a bundle file; use letters, digits, '.', '_' "
-                "or '-' (retrain with another --task-name)."
-            )
+        name = check_task_name(delta.metadata.task, f"retrain {path} with another --task")
         if name in seen:
             raise IncompatibleTaskError(
                 f"tasks {seen[name]} and {path} are both named {name!r}; rename one."

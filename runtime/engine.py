@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bitfit_deploy.contract import HEAD_BIAS, HEAD_WEIGHT, LOGITS
+from bitfit_deploy.errors import BundleError
 from bitfit_deploy.runtime._gather_graph import ROWS, TABLE_PREFIX, gather_graph
 from bitfit_deploy.runtime.parallel import RowSlices
 from bitfit_deploy.runtime.providers import create_session
@@ -32,6 +33,42 @@ def _padded_heads(tasks: Sequence[LoadedTask], hidden: int) -> tuple[np.ndarray,
         weight[i, : t.info.num_labels] = t.head_weight
         bias[i, : t.info.num_labels] = t.head_bias
     return weight, bias
+
+
+def check_graph_inputs(
+    session: ort.InferenceSession,
+    text_inputs: Sequence[str],
+    layout: BiasLayout,
+    hidden: int,
+    source: str,
+) -> None:
+    """BundleError unless the graph takes exactly the manifest's inputs, at the manifest's widths.
+
+    The manifest holds the checksums, so nothing checks it but this: an edited or damaged one
+    would otherwise fail inside ONNX Runtime at the first prediction.
+    """
+    expected = {name: None for name in text_inputs}
+    expected |= dict(zip(layout.names, layout.dims, strict=True))
+    expected |= {HEAD_WEIGHT: hidden, HEAD_BIAS: None}
+    found = {i.name: i.shape[-1] for i in session.get_inputs()}
+    wrong = [
+        f"{name!r} of width {expected[name]} (the graph's: {found[name]})"
+        for name in expected.keys() & found.keys()
+        if expected[name] is not None
+        and isinstance(found[name], int)
+        and found[name] != expected[name]
+    ]
+    missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    if missing or extra or wrong:
+        parts = [
+            *([f"inputs the graph lacks: {', '.join(missing[:3])}"] if missing else []),
+            *([f"graph inputs it does not list: {', '.join(extra[:3])}"] if extra else []),
+            *([f"inputs {', '.join(wrong[:3])}"] if wrong else []),
+        ]
+        raise BundleError(
+            f"{source} does not describe its graph ({'; '.join(parts)}); the manifest was edited "
+            "or damaged. Export the bundle again."
+        )
 
 
 class RowStack:

@@ -28,7 +28,7 @@ from safetensors.numpy import load_file
 
 from bitfit_deploy.contract import ATTENTION_MASK
 from bitfit_deploy.integrity import verify_files
-from bitfit_deploy.manifest import Manifest
+from bitfit_deploy.manifest import PROBE_FILE_KEYS, Manifest
 from bitfit_deploy.runtime.engine import HostEngine
 from bitfit_deploy.runtime.providers import create_session
 from bitfit_deploy.runtime.registry import BiasLayout, LoadedTask
@@ -66,7 +66,7 @@ class RangeProbe:
         self.bundle_dir = bundle_dir
         self.manifest = manifest
         self.outputs = list(spec["clip"])
-        self._files = [spec["probe"], spec["calibration_inputs"]]
+        self._files = [spec[key] for key in PROBE_FILE_KEYS]
         self._layout = layout
         self._threads = threads
         self._use_markers = use_markers

@@ -17,12 +17,19 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
+from bitfit_deploy.contract import check_task_name
 from bitfit_deploy.delta import TaskDelta, check_delta_fits, from_bytes, load_delta
 from bitfit_deploy.errors import BundleError, IncompatibleTaskError, InvalidInputError
 from bitfit_deploy.integrity import verify_bundle
-from bitfit_deploy.manifest import BASE_FILE, TOKENIZER_FILE, Manifest, read_manifest
+from bitfit_deploy.manifest import (
+    BASE_FILE,
+    MANIFEST_FILE,
+    TOKENIZER_FILE,
+    Manifest,
+    read_manifest,
+)
 from bitfit_deploy.runtime.batching import plan_runs
-from bitfit_deploy.runtime.engine import BoundEngine, HostEngine
+from bitfit_deploy.runtime.engine import BoundEngine, HostEngine, check_graph_inputs
 from bitfit_deploy.runtime.inputs import check_input, describe
 from bitfit_deploy.runtime.int8_ranges import CheckResult, RangeChecker, RangeProbe, warn_if_clipped
 from bitfit_deploy.runtime.parallel import RowSlices, resolve_parallel
@@ -119,6 +126,13 @@ class Runtime:
             digests=digests if all(digests) else None,
         )
         hidden = self.manifest.hidden_size
+        check_graph_inputs(
+            session,
+            self.manifest.text_inputs,
+            self._layout,
+            hidden,
+            str(self.bundle_dir / MANIFEST_FILE),
+        )
         self._engine: HostEngine | BoundEngine
         if bound:
             self._engine = BoundEngine(
@@ -154,6 +168,11 @@ class Runtime:
         self, path: str | os.PathLike[str], name: str | None = None, replace: bool = False
     ) -> str:
         """Load a delta file as task `name` (default: the delta's own name); return the name."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidInputError(
+                f"load_task takes the path of a delta file, got {describe(path)}; for the file's "
+                "bytes use load_task_bytes."
+            )
         return self._add(load_delta(path), name, replace, repr(str(path)))
 
     def load_task_bytes(
@@ -167,6 +186,11 @@ class Runtime:
 
         `source` names the bytes in error messages (a file they were read from, say).
         """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidInputError(
+                f"load_task_bytes takes a delta file's bytes, got {describe(data)}; for a path "
+                "use load_task."
+            )
         return self._add(from_bytes(bytes(data), source=source), name, replace, source)
 
     def unload_task(self, name: str) -> None:
@@ -251,8 +275,7 @@ class Runtime:
             delta, m.base_fingerprint, m.pooling, self._bias_dims, m.hidden_size, source=source
         )
         name = delta.metadata.task if name is None else name
-        if not isinstance(name, str) or not name.strip():
-            raise InvalidInputError(f"task name must be a non-empty string, got {name!r}.")
+        check_task_name(name, "pass another name, or retrain the task with another --task")
         max_length = self._task_max_length(delta, name, source)
         task = prepare_task(delta, name, self._base_row, self._layout, max_length)
         self._registry.add(task, replace=replace)
@@ -307,5 +330,12 @@ class Runtime:
         if missing:
             raise BundleError(
                 f"{path} lacks the base biases {missing[:3]}; export the bundle again."
+            )
+        wrong = [n for n, d in self._bias_dims.items() if base[n].shape != (d,)]
+        if wrong:  # the checksummed base against the manifest, which nothing else checks
+            raise BundleError(
+                f"{self.bundle_dir / MANIFEST_FILE} gives widths that {path} does not have "
+                f"({', '.join(f'{n}: {self._bias_dims[n]} vs {base[n].shape}' for n in wrong[:3])}); "
+                "the manifest was edited or damaged. Export the bundle again."
             )
         return self._layout.flatten(base)

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bitfit_deploy import __version__
+from bitfit_deploy.contract import check_task_name
 from bitfit_deploy.errors import (
     DeltaFormatError,
     FingerprintMismatchError,
@@ -45,7 +46,6 @@ from bitfit_deploy.runtime.metrics import CONTENT_TYPE, UNKNOWN_TASK, ServerMetr
 from bitfit_deploy.runtime.repository import repository_routes
 from bitfit_deploy.runtime.runtime import Runtime
 from bitfit_deploy.runtime.store import (
-    TASK_NAME,
     MemoryTasks,
     StoreConflictError,
     StoreSync,
@@ -193,11 +193,7 @@ class _Server:
     # ----------------------------------------------------------------- admin
     async def put_task(self, request: Request) -> Response:
         self._authorize(request)
-        name = request.path_params["task"]
-        if not TASK_NAME.match(name):
-            raise InvalidInputError(
-                f"task name {name!r} must be 1-128 letters, digits, '.', '_' or '-'."
-            )
+        name = check_task_name(request.path_params["task"], "PUT the delta under another name")
         data = await self._body(request, self.limits.max_delta_bytes)
         existed = await self.batcher.call(self.admin.put, name, data)
         log.info("%s task %s", "replaced" if existed else "loaded", name)

@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import tempfile
 import threading
 from collections.abc import Awaitable, Callable
@@ -29,14 +28,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from bitfit_deploy.contract import TASK_NAME
 from bitfit_deploy.errors import BitFitError, TaskNotFoundError
 from bitfit_deploy.runtime.oip import MODEL_VERSION
 from bitfit_deploy.runtime.runtime import Runtime
 
 log = logging.getLogger("bitfit_deploy.store")
 
-TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-"""A task name: also its file name in the store, so no path separators and no leading dot."""
 SUFFIX = ".safetensors"
 UNLOADED = ".unloaded"
 READY, UNAVAILABLE = "READY", "UNAVAILABLE"
@@ -105,7 +103,7 @@ class TaskStore:
             for suffix in (SUFFIX, UNLOADED):
                 if entry.name.endswith(suffix):
                     name = entry.name[: -len(suffix)]
-                    if not TASK_NAME.match(name):
+                    if not TASK_NAME.fullmatch(name):
                         bad.append(entry.name)
                     elif suffix == UNLOADED:
                         unloaded.add(name)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bitfit_deploy.cli import cli
 from bitfit_deploy.delta import load_delta
@@ -180,3 +182,54 @@ def test_packaged_minilm_on_real_sst2(tmp_path):
     assert meta.architecture == "bert" and meta.training["train_rows"] == 2000
     assert 0.0 <= meta.metrics["accuracy"] <= 1.0
     assert meta.base_fingerprint == base_fingerprint(load_encoder()[0])
+
+
+numbers = st.none() | st.floats() | st.sampled_from([-1.0, 0.0, 1e-3, 2.0, float("inf")])
+counts = st.none() | st.integers(-3, 3)
+
+
+@settings(deadline=None)  # the first call imports torch
+@given(lr=numbers, epochs=numbers, max_steps=counts, early=counts, batch=st.integers(-2, 3))
+def test_training_settings_are_checked_before_any_work(lr, epochs, max_steps, early, batch):
+    from bitfit_deploy.errors import DataError
+    from bitfit_deploy.train import TrainConfig, check_config
+
+    config = TrainConfig(
+        task="t",
+        train="never-read.tsv",
+        output="never-written.safetensors",
+        lr=lr,
+        epochs=epochs,
+        max_steps=max_steps,
+        early_stopping=early,
+        batch_size=batch,
+    )
+    finite_positive = lambda x: x is None or 0 < x < float("inf")  # noqa: E731
+    valid = (
+        (lr is None or 0 <= lr < float("inf"))
+        and (max_steps is None or max_steps >= 1)
+        and (early is None or early >= 1)
+        and batch >= 1
+        and (max_steps is not None or finite_positive(epochs))
+    )
+    if valid:
+        check_config(config)
+    else:
+        with pytest.raises(DataError, match="must be"):
+            check_config(config)
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--lr", "-1"], "lr must be a number >= 0"),
+        (["--max-steps", "-3"], "max_steps must be at least 1"),
+        (["--task", "my task"], "task name 'my task' is not usable"),
+    ],
+)
+def test_bad_settings_stop_train_before_the_model_loads(toy_tsv, tmp_path, extra, says):
+    """--model names no folder: a check that came after loading would report that instead."""
+    args = ["train", "--task", "t", "--train", str(toy_tsv(16)), "--model", str(tmp_path / "none")]
+    result = run(*args, "--output", str(tmp_path / "t.safetensors"), *extra)
+    assert result.exit_code == 1 and says in result.output, result.output
+    assert not (tmp_path / "t.safetensors").exists()

@@ -12,9 +12,16 @@ import numpy as np
 import pytest
 import torch
 from export_helpers import random_delta, reference, tokenize
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bitfit_deploy.delta import TaskDelta, load_delta, save_delta
-from bitfit_deploy.errors import DeltaFormatError, FingerprintMismatchError, OutputExistsError
+from bitfit_deploy.errors import (
+    DeltaFormatError,
+    FingerprintMismatchError,
+    IncompatibleTaskError,
+    OutputExistsError,
+)
 from bitfit_deploy.folder_readme import EXAMPLE_PAIRS, EXAMPLE_TEXTS
 from bitfit_deploy.merge import (
     SENTENCE_TRANSFORMERS,
@@ -268,6 +275,29 @@ def test_merge_refuses_bad_input(merged, tiny_models, tmp_path):
     with pytest.raises(DeltaFormatError, match="layout 'x'.*merge the delta again"):
         load_model_folder(tmp_path / "taken")
     assert load_delta(m.delta_path).metadata.task == "task"
+
+
+@given(cut=st.integers(0, 40), which=st.integers(0, 10**6), head=st.booleans())
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_merge_refuses_a_delta_of_the_wrong_shape(merged, tmp_path_factory, cut, which, head):
+    """A delta of the right base with a bias (or head) of another width: one typed error."""
+    m = merged("bert", "mean")
+    delta = load_delta(m.delta_path)
+    if head:
+        delta.head_weight = np.zeros((delta.head_weight.shape[0], cut), np.float32)
+    else:
+        name = sorted(delta.biases)[which % len(delta.biases)]
+        if cut == delta.biases[name].shape[0]:
+            cut += 1
+        delta.biases[name] = np.zeros(cut, np.float32)
+    path = save_delta(delta, tmp_path_factory.mktemp("cut") / "cut.safetensors")
+    out = path.parent / "merged"
+    wanted = "head of shape" if head else "has shape"
+    with pytest.raises(IncompatibleTaskError, match=wanted):
+        merge(path, out, model=str(m.model_dir))
+    assert not out.exists()
 
 
 @pytest.mark.slow

@@ -193,3 +193,10 @@ def test_cache_command_lists_and_clears_markers_and_graphs(bundle, folder, monke
     monkeypatch.setenv(integrity.CACHE_ENV, "")
     off = runner.invoke(cli, ["cache", "--clear"])
     assert off.exit_code == 0 and "the cache is off" in off.output
+    not_a_folder = folder.parent.parent / "a-file"
+    not_a_folder.write_text("x")
+    monkeypatch.setenv(integrity.CACHE_ENV, str(not_a_folder))
+    for args in (["cache"], ["cache", "--clear"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 1 and "is a file, so nothing is cached" in result.output
+    assert not_a_folder.read_text() == "x"

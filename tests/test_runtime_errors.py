@@ -127,6 +127,18 @@ def test_missing_delta_file(runtime, tmp_path):
         runtime.load_task(tmp_path / "nope.safetensors")
 
 
+@pytest.mark.parametrize("value", [None, 3, b"bytes", ["a.safetensors"]])
+def test_load_task_takes_a_path_and_load_task_bytes_bytes(runtime, value):
+    if not isinstance(value, bytes):
+        with pytest.raises(InvalidInputError, match="load_task takes the path of a delta file"):
+            runtime.load_task(value)
+    if not isinstance(value, bytes):
+        with pytest.raises(InvalidInputError, match="load_task_bytes takes a delta file's bytes"):
+            runtime.load_task_bytes(value, name="x")
+    with pytest.raises(InvalidInputError, match="load_task_bytes takes a delta file's bytes"):
+        runtime.load_task_bytes("a delta.safetensors", name="x")
+
+
 def test_existing_name_needs_replace(runtime, bundle):
     before = runtime.predict("alpha", SENTENCES[:2])
     other = to_bytes(synthetic_delta(read_manifest(bundle), "alpha", seed=9))
@@ -145,7 +157,7 @@ def test_load_under_another_name(runtime, bundle):
         runtime.predict("alpha-copy", SENTENCES[:1])[0],
     )
     assert (b.task, b.scores) == ("alpha-copy", a.scores)
-    with pytest.raises(InvalidInputError, match="non-empty"):
+    with pytest.raises(InvalidInputError, match="1-128 letters"):
         runtime.load_task_bytes(data, name=" ")
 
 

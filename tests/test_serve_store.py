@@ -148,3 +148,17 @@ def test_without_a_store_the_server_says_admin_changes_are_memory_only(
         assert r.status_code == 201
         store = httpx.get(f"{base}/v1/tasks").json()["store"]
         assert store["durable"] is False and "lost on restart" in store["detail"]
+
+
+@pytest.mark.parametrize("token", ["", "   "])
+def test_a_blank_admin_token_is_refused_not_taken_as_admin_off(bundle: Path, token: str) -> None:
+    from click.testing import CliRunner
+
+    from bitfit_deploy.cli import cli
+
+    # click reads an empty environment variable as unset (admin off, as with none at all)
+    env_cases = [([], {"BITFIT_ADMIN_TOKEN": token})] if token else []
+    for args, env in [(["--admin-token", token], {}), *env_cases]:
+        result = CliRunner().invoke(cli, ["serve", "--bundle", str(bundle), *args], env=env)
+        assert result.exit_code == 2 and "--admin-token" in result.output, result.output
+        assert "is empty; give a token" in result.output

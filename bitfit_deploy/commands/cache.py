@@ -33,6 +33,11 @@ def command(clear: bool) -> None:
     if folder is None:
         click.echo(f"the cache is off (${CACHE_ENV} is set empty): nothing is kept between opens.")
         return
+    if folder.exists() and not folder.is_dir():
+        raise click.ClickException(
+            f"the cache folder {folder} is a file, so nothing is cached: every open hashes the "
+            f"files it loads. Point ${CACHE_ENV} at a folder (or remove the file)."
+        )
     markers = marker_files(folder)
     graphs = optimized_graphs.entries(folder / optimized_graphs.FOLDER)
     marker_bytes = sum(p.stat().st_size for p in markers)

@@ -83,7 +83,7 @@ def command(
     from bitfit_deploy.evaluate import compare_with_torch, evaluate, write_report
 
     if output is not None:
-        check_output(output, force, "report")  # before minutes of predictions, not after
+        check_output(output, force, "report", file=True)  # before minutes of predictions, not after
     columns = Columns(text_column, text_pair_column, label_column)
     report = evaluate(
         bundle,

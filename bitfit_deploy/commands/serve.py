@@ -17,6 +17,17 @@ import click
 from bitfit_deploy.commands._options import runtime_options
 
 
+def _check_token(value: str | None) -> str | None:
+    """An admin token that is set but blank would turn admin off silently: refuse it instead."""
+    if value is not None and not value.strip():
+        raise click.BadParameter(
+            "is empty; give a token (e.g. `openssl rand -hex 16`), or leave --admin-token and "
+            "BITFIT_ADMIN_TOKEN unset to serve without the admin endpoints.",
+            param_hint="--admin-token",
+        )
+    return value
+
+
 @click.command()
 @runtime_options
 @click.option(
@@ -66,6 +77,7 @@ from bitfit_deploy.commands._options import runtime_options
     "--admin-token",
     envvar="BITFIT_ADMIN_TOKEN",
     default=None,
+    callback=lambda ctx, param, value: _check_token(value),
     help="Enable PUT/DELETE /v1/tasks/NAME with this Bearer token [env BITFIT_ADMIN_TOKEN].",
 )
 @click.option(

@@ -147,7 +147,7 @@ def command(
 ) -> None:
     """Fine-tune only the biases (and a linear head) of a frozen encoder; write a bias-delta file."""
     from bitfit_deploy._io import check_output
-    from bitfit_deploy.train import TrainConfig, read_data, train
+    from bitfit_deploy.train import TrainConfig, check_config, read_data, train
 
     config = TrainConfig(
         task=task,
@@ -174,8 +174,9 @@ def command(
         drop_empty=drop_empty,
         force=force,
     )
+    check_config(config)  # before reading the data, not after
     if not dry_run:
-        check_output(output, force, "output")  # before reading the data, not after
+        check_output(output, force, "output", file=True)
     data = read_data(config)
     click.echo(_data_summary(config.model, max_length, data))
     if dry_run:

@@ -15,10 +15,20 @@ def command(bundle: Path) -> None:
     A runtime checks only the files it loads and skips files whose verified marker still
     matches; this hashes them all, and refreshes the markers, so a later open starts fast.
     """
+    from bitfit_deploy.errors import BundleError
     from bitfit_deploy.integrity import verify_files
     from bitfit_deploy.manifest import read_manifest
 
     manifest = read_manifest(bundle, verify=False)
-    hashed = verify_files(bundle, manifest.files, manifest.files, use_markers=False)
-    size = sum((bundle / rel).stat().st_size for rel in hashed)
-    click.echo(f"{bundle}: all {len(hashed)} files ({size / 2**20:.1f} MiB) match manifest.json")
+    # The listed files and every file a runtime may load: one without a sha256 fails too.
+    files = list(dict.fromkeys([*manifest.files, *manifest.referenced_files()]))
+    failures = []
+    for rel in files:
+        try:
+            verify_files(bundle, manifest.files, [rel], use_markers=False)
+        except BundleError as exc:
+            failures.append(str(exc))
+    if failures:
+        raise BundleError(f"{len(failures)} of {len(files)} files failed: " + " | ".join(failures))
+    size = sum((bundle / rel).stat().st_size for rel in files)
+    click.echo(f"{bundle}: all {len(files)} files ({size / 2**20:.1f} MiB) match manifest.json")
