@@ -8,6 +8,7 @@ A bundle folder holds `model.onnx` (and `model.int8.onnx`), each with its weight
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import typing
@@ -146,7 +147,7 @@ class Manifest:
 
 def _check_types(cls: type, data: dict[str, Any], source: str) -> None:
     """BundleError naming the first known key whose value is not of the type `cls` declares."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in data and not _conforms(data[f.name], hints[f.name]):
             raise BundleError(
@@ -155,13 +156,21 @@ def _check_types(cls: type, data: dict[str, Any], source: str) -> None:
             )
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """`cls`'s field types, evaluated once (each evaluation parses the annotation strings)."""
+    return typing.get_type_hints(cls)
+
+
 def _conforms(value: Any, hint: Any) -> bool:
     """Whether parsed JSON `value` fits `hint` (str, int, list[...], dict[...], Any, a dataclass)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return True
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (str, float, bool):
+        return isinstance(value, hint)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is list:
         return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
     if origin is dict:
@@ -169,8 +178,8 @@ def _conforms(value: Any, hint: Any) -> bool:
             _conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items()
         )
     if dataclasses.is_dataclass(hint):
-        names = {f.name for f in dataclasses.fields(hint)}
-        hints = typing.get_type_hints(hint)
+        hints = _hints(hint)
+        names = hints.keys()
         return (
             isinstance(value, dict)
             and set(value) == names
