@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from bitfit_deploy.contract import HEAD_BIAS, HEAD_WEIGHT, POOLINGS, is_bias
@@ -60,22 +61,33 @@ def load_encoder(
             f"model folder {path!r} does not exist; pass --model with a local Hugging Face model "
             "folder (nothing is downloaded from a hub)."
         )
+    if not (Path(path) / "config.json").is_file():
+        raise ModelError(
+            f"{path!r} is not a Hugging Face model folder (it has no config.json); pass --model "
+            "with a folder that `from_pretrained` loads (nothing is downloaded from a hub)."
+        )
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read a model config in {path!r}: {exc}") from exc
+        raise ModelError(f"cannot read the model config in {path!r}: {_first_line(exc)}") from exc
     if config.model_type not in SUPPORTED_ARCHITECTURES:
         _check_has_bias(config, path)
         raise UnsupportedArchitectureError(
             f"architecture {config.model_type!r} is not supported; supported: "
             f"{', '.join(SUPPORTED_ARCHITECTURES)}."
         )
-    model, info = AutoModel.from_pretrained(
-        path,
-        local_files_only=True,
-        output_loading_info=True,
-        attn_implementation=attn_implementation,
-    )
+    try:
+        model, info = AutoModel.from_pretrained(
+            path,
+            local_files_only=True,
+            output_loading_info=True,
+            attn_implementation=attn_implementation,
+        )
+    except (OSError, ValueError, SafetensorError) as exc:  # no or damaged weights
+        raise ModelError(
+            f"cannot load the model weights in {path!r}: {_first_line(exc)}; check that the folder "
+            "holds model.safetensors (or pytorch_model.bin) as saved by `save_pretrained`."
+        ) from exc
     model.eval()
     model._bitfit_missing = set(info.get("missing_keys", ()))  # randomly initialised, not trained
     if not any(is_bias(n) for n, _ in model.named_parameters()):
@@ -84,6 +96,12 @@ def load_encoder(
             "(LLaMA-style models have none); use a BERT-family encoder."
         )
     return model, path
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (transformers' run over several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_has_bias(config: object, path: str) -> None:

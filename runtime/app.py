@@ -12,6 +12,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 
+from bitfit_deploy.errors import TaskExistsError
 from bitfit_deploy.runtime.runtime import Runtime
 from bitfit_deploy.runtime.server import Limits, create_app
 from bitfit_deploy.runtime.store import StoreSync, TaskStore
@@ -62,11 +63,18 @@ def build_app(config: ServeConfig) -> BuiltApp:
         spin_wait=False,  # idle ORT threads sleep: the event loop shares the cores
     )
     for path in config.tasks:
-        runtime.load_task(path)
+        try:
+            runtime.load_task(path)
+        except TaskExistsError as exc:  # its message speaks of the Python API's replace=True
+            raise TaskExistsError(
+                f"--task {path}: {exc.args[0].split(';')[0]} (the bundle ships one, or another "
+                "--task has it); retrain it under another name (train --task NAME), or export a "
+                "bundle without the other."
+            ) from None
     admin, problems = None, []
     if config.tasks_dir is not None:
         admin = StoreSync(TaskStore(config.tasks_dir), runtime, config.poll_s)
-        problems = admin.sync()
+        problems = admin.sync(log_problems=False)  # the caller prints them (`serve`)
         store = f"task store {config.tasks_dir} (re-read every {config.poll_s:g} s)"
     else:
         store = "memory only (no --tasks-dir): uploaded tasks are lost on restart"

@@ -106,7 +106,8 @@ def parse_infer_request(
     request = read_json(body[:split], "the inference request")
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise OIPRequestError("an inference request is a JSON object with an 'inputs' list.")
-    default_type = _content_type(request.get("parameters"), "str", "the request")
+    request_params = _parameters(request, "the request")
+    default_type = _content_type(request_params, "str", "the request")
     binary = memoryview(body)[split:]
     columns: dict[str, list[str]] = {}
     for tensor in request["inputs"]:
@@ -130,10 +131,7 @@ def parse_infer_request(
                 f"{TEXT_PAIR!r} has {len(pairs)} elements but {TEXT!r} has {len(texts)}."
             )
         items = list(zip(texts, pairs, strict=True))
-    params = request.get("parameters") or {}
-    binary_default = (
-        bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
-    )
+    binary_default = _flag(request_params, "binary_data_output", False, "the request")
     request_id = request.get("id")
     return InferRequest(
         items,
@@ -202,6 +200,28 @@ def _check_arity(info: TaskInfo, pairs: bool) -> None:
         )
 
 
+def _parameters(holder: dict, where: str) -> dict:
+    """The `parameters` object of a request, input or output (absent: empty); refuse other kinds."""
+    params = holder.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise OIPRequestError(f"{where} has 'parameters' {describe(params)}; it must be an object.")
+    return params
+
+
+def _flag(params: dict, key: str, default: bool, where: str) -> bool:
+    """A boolean parameter: true or false (a string "false" would otherwise read as true)."""
+    value = params.get(key)
+    if value is None:  # absent or null: the default, as for a null `parameters`
+        return default
+    if not isinstance(value, bool):
+        raise OIPRequestError(
+            f"{where}: parameter {key!r} must be true or false, got {describe(value)}."
+        )
+    return value
+
+
 def _content_type(params: Any, default: str, where: str) -> str:
     """The `content_type` in a parameters object, or `default`; OIPRequestError unless known."""
     value = params.get("content_type") if isinstance(params, dict) else None
@@ -233,13 +253,18 @@ def _read_input(tensor: Any, binary: memoryview, default_type: str) -> tuple[str
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise OIPRequestError(f"input {name!r} needs a 'shape' list of non-negative integers.")
     count = math.prod(shape)
-    params = tensor.get("parameters") or {}
+    params = _parameters(tensor, f"input {name!r}")
     content_type = _content_type(params, default_type, f"input {name!r}")
-    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    size = params.get("binary_data_size")
     if size is not None:
-        if not _is_count(size) or size > len(binary):
+        if not _is_count(size):
             raise OIPRequestError(
-                f"input {name!r}: binary_data_size {describe(size)} exceeds the binary data."
+                f"input {name!r}: binary_data_size must be a byte count, got {describe(size)}."
+            )
+        if size > len(binary):
+            raise OIPRequestError(
+                f"input {name!r}: binary_data_size {size} exceeds the {len(binary)} bytes of "
+                "binary data left after the JSON header."
             )
         elements: list[str] | list[bytes] = _bytes_elements(bytes(binary[:size]), name)
         used = size
@@ -322,14 +347,11 @@ def _read_outputs(request: dict[str, Any]) -> list[tuple[str, bool]] | None:
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
     ):
         raise OIPRequestError("'outputs' must be a list of objects with a 'name'.")
-    params = request.get("parameters") or {}
-    default = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    default = _flag(_parameters(request, "the request"), "binary_data_output", False, "the request")
     result = []
     for o in outputs:
-        p = o.get("parameters") or {}
-        result.append(
-            (o["name"], bool(p.get("binary_data", default)) if isinstance(p, dict) else default)
-        )
+        where = f"output {o['name']!r}"
+        result.append((o["name"], _flag(_parameters(o, where), "binary_data", default, where)))
     return result
 
 

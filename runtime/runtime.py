@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
 
@@ -222,11 +222,11 @@ class Runtime:
     def predict(
         self, task: str, inputs: Sequence[str | tuple[str, str] | list[str]]
     ) -> list[Prediction]:
-        """Predict `task` for each input (a text, or a (text, text_pair) pair), in input order."""
-        if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Sequence):
-            raise InvalidInputError(
-                "inputs must be a list of texts or (text, text_pair) pairs, not a single value."
-            )
+        """Predict `task` for each input (a text, or a (text, text_pair) pair), in input order.
+
+        `inputs` is a list (or any iterable: a generator, a numpy array of strings) of inputs.
+        """
+        inputs = _as_list(inputs, "inputs")
         if isinstance(inputs, tuple) and inputs and all(isinstance(x, str) for x in inputs):
             raise InvalidInputError(
                 f"inputs is a tuple of {len(inputs)} texts, which reads as one (text, text_pair) "
@@ -238,7 +238,8 @@ class Runtime:
         self, requests: Sequence[tuple[str, str | tuple[str, str]]]
     ) -> list[Prediction]:
         """Predict many (task, input) requests together: rows of similar length share runs; input order kept."""
-        if isinstance(requests, (str, bytes)) or not isinstance(requests, Sequence) or not requests:
+        requests = _as_list(requests, "requests")
+        if not requests:
             raise InvalidInputError(
                 "no inputs given: pass at least one text (or (text, text_pair) pair) to predict."
             )
@@ -339,3 +340,18 @@ class Runtime:
                 "the manifest was edited or damaged. Export the bundle again."
             )
         return self._layout.flatten(base)
+
+
+def _as_list(values: Any, what: str) -> Any:
+    """`values` if a sequence, a list of them if another iterable; InvalidInputError for one value."""
+    if isinstance(values, (str, bytes)):
+        raise InvalidInputError(
+            f"{what} is {describe(values)}, a single value; pass a list of texts, e.g. [text]."
+        )
+    if isinstance(values, Sequence):
+        return values
+    if isinstance(values, Iterable) and not isinstance(values, (Mapping, Set)):
+        return list(values)  # a generator, a numpy array (a set or dict has no input order)
+    raise InvalidInputError(
+        f"{what} is {describe(values)}; pass a list of texts or (text, text_pair) pairs."
+    )

@@ -41,6 +41,7 @@ from bitfit_deploy.errors import (
 )
 from bitfit_deploy.runtime import oip
 from bitfit_deploy.runtime.batcher import Batcher, BatcherClosedError
+from bitfit_deploy.runtime.inputs import describe
 from bitfit_deploy.runtime.json_body import read_json
 from bitfit_deploy.runtime.metrics import CONTENT_TYPE, UNKNOWN_TASK, ServerMetrics
 from bitfit_deploy.runtime.repository import repository_routes
@@ -174,14 +175,15 @@ class _Server:
                 'the body must be {"requests": [{"task": ..., "input": ...}, ...]}.'
             )
         pairs = []
-        for entry in self._bounded(requests):
+        for index, entry in enumerate(self._bounded(requests)):
             if (
                 not isinstance(entry, dict)
                 or not isinstance(entry.get("task"), str)
                 or "input" not in entry
             ):
                 raise InvalidInputError(
-                    'each request is {"task": name, "input": text or [text, text_pair]}.'
+                    f"request {index} is {describe(entry)}; each request is "
+                    '{"task": name, "input": text or [text, text_pair]}.'
                 )
             pairs.append((entry["task"], entry["input"]))
         rows = self._rows(pairs)

@@ -255,6 +255,10 @@ class _Entry:
 
 
 _UNLOADED = _Entry(None, None, UNAVAILABLE, "unloaded; load it through the repository API")
+BAD_NAME = (
+    "its name is no task name (1-128 letters, digits, '.', '_' or '-', starting with a letter or "
+    "digit); rename the file"
+)
 
 
 class StoreSync:
@@ -280,15 +284,13 @@ class StoreSync:
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------ following
-    def sync(self) -> list[str]:
-        """Load new and changed files, unload removed or marked ones; one line per problem found."""
+    def sync(self, log_problems: bool = True) -> list[str]:
+        """Load new and changed files, unload removed or marked ones; one line per problem found,
+        also logged unless the caller reports them itself (`log_problems=False`)."""
         with self._lock:
             files, unloaded, bad = self.store.scan()
             problems = [
-                f"{self.store.root / b}: skipped; a task name is 1-128 letters, digits, '.', '_' "
-                "or '-', starting with a letter or digit; rename the file."
-                for b in bad
-                if b not in self._bad
+                f"{self.store.root / b}: skipped; {BAD_NAME}." for b in bad if b not in self._bad
             ]
             self._bad = set(bad)
             for name, stamp in sorted(files.items()):
@@ -299,7 +301,7 @@ class StoreSync:
                 if self._entries.pop(name).sha256 is not None:
                     self._unload_quietly(name)
                     log.info("task %s: its file is gone; unloaded", name)
-            for line in problems:
+            for line in problems if log_problems else ():
                 log.warning("%s", line)
             return problems
 
@@ -407,6 +409,8 @@ class StoreSync:
             for name, e in self._entries.items():
                 if name not in self._fixed:
                     rows[name] = _index_row(name, e.state, e.reason)
+            for file in self._bad:  # listed under its file name, which is no task name
+                rows.setdefault(file, _index_row(file, UNAVAILABLE, BAD_NAME))
             return [rows[n] for n in sorted(rows)]
 
     def describe(self) -> dict[str, Any]:

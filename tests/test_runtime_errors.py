@@ -85,6 +85,19 @@ def test_a_single_string_is_not_an_input_list(runtime):
         runtime.predict("alpha", "a bare string")
 
 
+def test_any_ordered_iterable_of_inputs_is_taken_a_set_or_dict_is_not(runtime):
+    import numpy as np
+
+    want = [p.scores for p in runtime.predict("alpha", SENTENCES[:3])]
+    for inputs in (iter(SENTENCES[:3]), (s for s in SENTENCES[:3]), np.array(SENTENCES[:3])):
+        assert [p.scores for p in runtime.predict("alpha", inputs)] == want
+    mixed = runtime.predict_mixed(("alpha", s) for s in SENTENCES[:3])
+    assert [p.scores for p in mixed] == want
+    for unordered in (set(SENTENCES[:3]), dict.fromkeys(SENTENCES[:3]), 7):
+        with pytest.raises(InvalidInputError, match="pass a list of texts"):
+            runtime.predict("alpha", unordered)
+
+
 def test_foreign_fingerprint_names_both(runtime, bundle, tmp_path):
     before = runtime.predict("alpha", SENTENCES[:2])
     manifest = read_manifest(bundle)

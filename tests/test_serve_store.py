@@ -21,6 +21,7 @@ from serve_helpers import (
     wait_for,
 )
 
+from bitfit_deploy.errors import TaskExistsError
 from bitfit_deploy.manifest import Manifest, read_manifest
 from bitfit_deploy.runtime.app import ServeConfig, build_app
 
@@ -162,3 +163,15 @@ def test_a_blank_admin_token_is_refused_not_taken_as_admin_off(bundle: Path, tok
         result = CliRunner().invoke(cli, ["serve", "--bundle", str(bundle), *args], env=env)
         assert result.exit_code == 2 and "--admin-token" in result.output, result.output
         assert "is empty; give a token" in result.output
+
+
+def test_a_task_file_named_as_a_loaded_task_says_what_to_do_on_the_command_line(
+    bundle: Path, manifest: Manifest, tmp_path: Path
+) -> None:
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(task_bytes(manifest, 7))
+    with pytest.raises(TaskExistsError) as info:
+        build_app(ServeConfig(bundle, threads=1, tasks=(path, path)))
+    message = str(info.value)
+    assert f"--task {path}" in message and "train --task NAME" in message
+    assert "replace=True" not in message

@@ -501,3 +501,72 @@ def test_each_row_is_cut_at_its_own_tasks_length_over_rest(client, runtime) -> N
     assert [p["truncated"] for p in served] == [True, True, True, False]
     alone = runtime.predict("sent", [LONG_TEXT])[0]
     assert served[0]["score"] == pytest.approx(alone.score, abs=1e-5)
+
+
+not_an_object = (  # null counts as absent
+    st.booleans() | st.integers() | st.text(max_size=6) | st.lists(st.integers(), max_size=2)
+)
+not_a_bool = (
+    st.integers()
+    | st.sampled_from(["false", "true", "0", ""])
+    | st.lists(st.booleans(), max_size=1)
+)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    where=st.sampled_from(["request", "input", "output"]),
+    params=not_an_object | st.fixed_dictionaries({"binary_data_output": not_a_bool}),
+    flag=st.booleans(),
+)
+def test_v2_parameters_are_objects_and_flags_booleans(client, where, params, flag) -> None:
+    """A `parameters` that is not an object, or a flag that is not true/false, is a 400 naming it,
+    never ignored (a string "false" would read as true); well-formed ones are answered."""
+    body: dict[str, Any] = {**v2_request(["fine"]), "outputs": [{"name": "label"}]}
+    holder = {"request": body, "input": body["inputs"][0], "output": body["outputs"][0]}[where]
+    if isinstance(params, dict) and where == "output":
+        params = {"binary_data": params["binary_data_output"]}
+    holder["parameters"] = params
+    response = client.post("/v2/models/sent/infer", json=body)
+    if isinstance(params, dict) and where == "input":  # binary_data_output means nothing there
+        assert response.status_code == 200, response.text
+    else:
+        assert response.status_code == 400, response.text
+        assert "parameter" in response.json()["error"]
+    holder["parameters"] = (
+        {"binary_data_output": flag} if where != "output" else {"binary_data": flag}
+    )
+    assert client.post("/v2/models/sent/infer", json=body).status_code == 200
+
+
+def test_v2_binary_data_size_beyond_the_data_names_both_sizes(client) -> None:
+    request = {
+        "inputs": [
+            {
+                "name": "text",
+                "datatype": "BYTES",
+                "shape": [1],
+                "parameters": {"binary_data_size": 100},
+            }
+        ]
+    }
+    header = json.dumps(request).encode()
+    body = header + (4).to_bytes(4, "little") + b"good"
+    headers = {"Inference-Header-Content-Length": str(len(header))}
+    response = client.post("/v2/models/sent/infer", content=body, headers=headers)
+    assert response.status_code == 400
+    assert "binary_data_size 100 exceeds the 8 bytes of binary data" in response.json()["error"]
+
+
+@settings(max_examples=30, deadline=None, database=None)
+@given(
+    good=st.integers(0, 3),
+    bad=st.sampled_from(
+        [{"input": "x"}, {"task": 5, "input": "x"}, {"task": "sent"}, "sent", None, []]
+    ),
+)
+def test_a_malformed_mixed_request_is_named_by_its_index(client, good, bad) -> None:
+    requests = [{"task": "sent", "input": "fine"}] * good + [bad]
+    response = client.post("/v1/predict", json={"requests": requests})
+    assert response.status_code == 422
+    assert f"request {good} is" in response.json()["detail"]

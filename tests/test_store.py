@@ -104,7 +104,24 @@ def test_start_loads_every_delta_and_reports_bad_files_by_name(
     assert states["a"] == (READY, "") and states["broken"][0] == UNAVAILABLE
     assert "DeltaFormatError" in states["broken"][1] and "broken.safetensors" in states["broken"][1]
     assert str(tmp_path) not in states["broken"][1]  # index reasons do not show the folder
+    assert states["bad name.safetensors"][0] == UNAVAILABLE  # every file of the store is listed
+    assert "rename the file" in states["bad name.safetensors"][1]
     assert sync.sync() == []  # a bad file is reported once, not on every poll
+
+
+def test_problems_at_start_are_logged_once(
+    bundle: Path, deltas: dict[str, bytes], tmp_path: Path, caplog
+) -> None:
+    """`serve` prints the problems `build_app` returns, so that sync does not log them too;
+    the poller's later syncs log theirs."""
+    (tmp_path / "bad name.safetensors").write_bytes(deltas["a1"])
+    sync = StoreSync(TaskStore(tmp_path), runtime(bundle))
+    with caplog.at_level("WARNING", logger="bitfit_deploy.store"):
+        (problem,) = sync.sync(log_problems=False)
+        assert "bad name.safetensors" in problem and not caplog.records
+        (tmp_path / "broken.safetensors").write_bytes(deltas["truncated"])
+        (later,) = sync.sync()
+    assert [r.getMessage() for r in caplog.records] == [later]
 
 
 def test_put_writes_the_file_atomically_and_a_failed_upload_leaves_the_folder_unchanged(
