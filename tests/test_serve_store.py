@@ -175,3 +175,20 @@ def test_a_task_file_named_as_a_loaded_task_says_what_to_do_on_the_command_line(
     message = str(info.value)
     assert f"--task {path}" in message and "train --task NAME" in message
     assert "replace=True" not in message
+
+
+def test_a_busy_port_is_one_line_before_the_bundle_loads(bundle: Path) -> None:
+    import socket
+
+    from click.testing import CliRunner
+
+    from bitfit_deploy.cli import cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["serve", "--bundle", str(bundle), "--port", str(port)])
+    assert result.exit_code == 1, result.output
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output and "--port" in result.output
+    assert "serving" not in result.output

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -201,6 +202,7 @@ def command(
         raise click.UsageError("--replicas and --address apply to --ray only; add --ray.")
     import uvicorn
 
+    sock = _listen_socket(host, port)  # a busy port fails now, not after loading the bundle
     built = build_app(settings)
     for problem in built.problems:
         click.echo(problem, err=True)
@@ -219,9 +221,28 @@ def command(
         timeout_graceful_shutdown=drain_timeout_s,
     )
     server = _graceful_server(uvicorn.Server, built.app.state.server.drain)(config)
-    server.run()
+    server.run(sockets=[sock])
     if not server.started:
         raise click.ClickException(f"the server did not start on {host}:{port}; see the log above.")
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port` for uvicorn to serve on; a one-line error if it cannot be."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}: {exc}; check --host.") from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port, or stop "
+            "the process that uses it."
+        ) from None
+    return sock
 
 
 def _graceful_server(base: type[Any], drain: Callable[[], None]) -> type[Any]:
