@@ -233,3 +233,13 @@ def test_bad_settings_stop_train_before_the_model_loads(toy_tsv, tmp_path, extra
     result = run(*args, "--output", str(tmp_path / "t.safetensors"), *extra)
     assert result.exit_code == 1 and says in result.output, result.output
     assert not (tmp_path / "t.safetensors").exists()
+
+
+def test_a_run_that_changed_no_bias_says_so(tiny_bert, toy_tsv, tmp_path):
+    """One step falls inside the learning-rate warm-up (it starts at 0): the delta is all zeros."""
+    data = toy_tsv(16)
+    still = run(*train_args(tiny_bert, data, tmp_path / "a.safetensors", "--max-steps", "1"))
+    assert still.exit_code == 0 and "training changed no bias" in still.output
+    assert not any(v.any() for v in load_delta(tmp_path / "a.safetensors").biases.values())
+    moved = run(*train_args(tiny_bert, data, tmp_path / "b.safetensors", "--max-steps", "4"))
+    assert moved.exit_code == 0 and "changed no bias" not in moved.output

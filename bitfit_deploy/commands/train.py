@@ -189,11 +189,18 @@ def command(
         if f.is_file()
     )
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()) or "no eval data"
-    best = f" (best epoch {result.best_epoch:g})" if result.best_epoch is not None else ""
+    best = f" (best epoch {result.best_epoch:.3g})" if result.best_epoch is not None else ""
     click.echo(
         f"wrote {output} ({size / 1024:.1f} KB): task {task!r}, {result.trainable_parameters:,} of "
         f"{result.total_parameters:,} parameters trained; eval {metrics}{best}"
     )
+    delta = result.delta
+    if delta is not None and delta.biases and not any(v.any() for v in delta.biases.values()):
+        click.echo(
+            "warning: training changed no bias (too few steps: the first ones warm the learning "
+            "rate up from 0, or --lr 0); train longer with --epochs or --max-steps.",
+            err=True,
+        )
 
 
 def _data_summary(model: str | None, max_length: int, data: TaskData) -> str:
