@@ -257,7 +257,7 @@ def read_manifest(bundle_dir: str | os.PathLike[str], verify: bool = True) -> Ma
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BundleError(f"{path} is not valid JSON ({exc}); export the bundle again.") from exc
     manifest = Manifest.from_dict(data, str(path))
     if verify:

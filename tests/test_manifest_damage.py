@@ -119,3 +119,12 @@ def test_verify_fails_where_a_runtime_would(tiny_int8_bundle, tmp_path):
     assert result.exit_code == 1 and "2 of" in result.output
     assert "tokenizer.json does not match" in result.output
     assert "base.safetensors does not match" in result.output
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, b"\xff\xfe{}".decode("latin-1"), "", "{"])
+def test_an_unreadable_manifest_is_one_error(tiny_int8_bundle, tmp_path, text):
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_int8_bundle, bundle)
+    (bundle / MANIFEST_FILE).write_text(text, encoding="latin-1")
+    with pytest.raises(BundleError, match="is not valid JSON"):
+        read_manifest(bundle, verify=False)
