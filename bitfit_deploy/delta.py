@@ -31,6 +31,7 @@ from bitfit_deploy.contract import (
     TASK_INPUTS,
 )
 from bitfit_deploy.errors import DeltaFormatError
+from bitfit_deploy.json_fields import mismatch
 
 FORMAT_NAME = "bitfit-delta"
 FORMAT_VERSION = 1
@@ -102,8 +103,11 @@ class DeltaMetadata:
             raise DeltaFormatError(
                 f"{source}: metadata lacks {', '.join(missing)}; the file is incomplete."
             )
+        wrong = mismatch(cls, values)
+        if wrong:
+            raise DeltaFormatError(f"{source}: metadata {wrong}; the file was damaged or edited.")
         meta = cls(**values)
-        if int(meta.format_version) > FORMAT_VERSION:
+        if meta.format_version > FORMAT_VERSION:
             raise DeltaFormatError(
                 f"{source} has delta format version {meta.format_version}, newer than this "
                 f"bitfit-deploy reads ({FORMAT_VERSION}); upgrade bitfit-deploy."
@@ -112,16 +116,13 @@ class DeltaMetadata:
             raise DeltaFormatError(f"{source}: unknown problem_type {meta.problem_type!r}.")
         if meta.pooling not in POOLINGS:
             raise DeltaFormatError(f"{source}: unknown pooling {meta.pooling!r}.")
-        if not isinstance(meta.labels, list) or not all(isinstance(x, str) for x in meta.labels):
-            raise DeltaFormatError(f"{source}: metadata 'labels' must be a JSON list of strings.")
         if meta.inputs not in TASK_INPUTS:
             raise DeltaFormatError(
                 f"{source}: metadata 'inputs' is {meta.inputs!r}, expected one of {TASK_INPUTS}."
             )
-        length = meta.max_length
-        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        if meta.max_length < 1:
             raise DeltaFormatError(
-                f"{source}: metadata 'max_length' is {length!r}, expected a positive integer."
+                f"{source}: metadata 'max_length' is {meta.max_length}, expected a positive integer."
             )
         return meta
 

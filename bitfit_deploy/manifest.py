@@ -8,10 +8,8 @@ A bundle folder holds `model.onnx` (and `model.int8.onnx`), each with its weight
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -21,6 +19,7 @@ from bitfit_deploy.contract import POOLINGS, TEXT_INPUTS
 from bitfit_deploy.errors import BundleError
 from bitfit_deploy.integrity import sha256_file as sha256_file  # re-exported: exporters use it
 from bitfit_deploy.integrity import verify_files
+from bitfit_deploy.json_fields import conforms, mismatch
 
 FORMAT_NAME = "bitfit-bundle"
 FORMAT_VERSION = 1
@@ -147,52 +146,11 @@ class Manifest:
 
 def _check_types(cls: type, data: dict[str, Any], source: str) -> None:
     """BundleError naming the first known key whose value is not of the type `cls` declares."""
-    hints = _hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in data and not _conforms(data[f.name], hints[f.name]):
-            raise BundleError(
-                f"{source}: {f.name!r} is {json.dumps(data[f.name])[:80]}, not {_type_name(hints[f.name])}; "
-                "the manifest was edited or damaged. Export the bundle again."
-            )
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    """`cls`'s field types, evaluated once (each evaluation parses the annotation strings)."""
-    return typing.get_type_hints(cls)
-
-
-def _conforms(value: Any, hint: Any) -> bool:
-    """Whether parsed JSON `value` fits `hint` (str, int, list[...], dict[...], Any, a dataclass)."""
-    if hint is Any:
-        return True
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint in (str, float, bool):
-        return isinstance(value, hint)
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is list:
-        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
-    if origin is dict:
-        return isinstance(value, dict) and all(
-            _conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items()
+    wrong = mismatch(cls, data)
+    if wrong:
+        raise BundleError(
+            f"{source}: {wrong}; the manifest was edited or damaged. Export the bundle again."
         )
-    if dataclasses.is_dataclass(hint):
-        hints = _hints(hint)
-        names = hints.keys()
-        return (
-            isinstance(value, dict)
-            and set(value) == names
-            and all(_conforms(value[n], hints[n]) for n in names)
-        )
-    return isinstance(value, hint)
-
-
-def _type_name(hint: Any) -> str:
-    if dataclasses.is_dataclass(hint):
-        fields = ", ".join(f'"{f.name}": {f.type}' for f in dataclasses.fields(hint))
-        return f"{{{fields}}}"
-    return getattr(hint, "__name__", None) if typing.get_origin(hint) is None else str(hint)
 
 
 def _check_values(m: Manifest, source: str) -> None:
@@ -221,8 +179,7 @@ def _check_values(m: Manifest, source: str) -> None:
         if spec.get("probe"):  # a static int8 range probe: its files and clip values
             clip = spec.get("clip")
             if not all(isinstance(spec.get(k), str) for k in PROBE_FILE_KEYS) or not (
-                isinstance(clip, dict)
-                and all(_conforms(v, float) or _conforms(v, int) for v in clip.values())
+                isinstance(clip, dict) and all(conforms(v, float) for v in clip.values())
             ):
                 problems.append(f"the {variant} range probe lacks its files or clip values")
     paths = [*m.variants.values(), *m.weights.values(), *m.files, *m.tasks, *m.baked.values()]

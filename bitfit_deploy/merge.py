@@ -24,6 +24,7 @@ from bitfit_deploy.delta import DeltaMetadata, load_delta
 from bitfit_deploy.errors import DeltaFormatError, FingerprintMismatchError
 from bitfit_deploy.fingerprint import short
 from bitfit_deploy.hf_classifier import exact_classifier, from_classifier, to_classifier
+from bitfit_deploy.json_fields import mismatch
 from bitfit_deploy.modeling import (
     TaskModel,
     apply_delta,
@@ -130,9 +131,22 @@ def load_model_folder(folder: str | os.PathLike[str]) -> tuple[TaskModel, DeltaM
         raise DeltaFormatError(
             f"{str(folder)!r} lacks {TASK_JSON}; it was not written by bitfit-deploy."
         )
-    info = json.loads(info_file.read_text())
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DeltaFormatError(
+            f"{info_file} is not valid JSON ({exc}); merge the delta again."
+        ) from exc
     known = {f.name for f in dataclasses.fields(DeltaMetadata)}
-    meta = DeltaMetadata(**{k: v for k, v in info.items() if k in known})
+    values = {k: v for k, v in info.items() if k in known} if isinstance(info, dict) else None
+    wrong = "it is not a JSON object" if values is None else mismatch(DeltaMetadata, values)
+    missing = [] if values is None else [k for k in _REQUIRED_META if k not in values]
+    if wrong or missing:
+        why = wrong or f"it lacks {', '.join(missing)}"
+        raise DeltaFormatError(
+            f"{info_file}: {why}; the folder was damaged or edited. Merge the delta again."
+        )
+    meta = DeltaMetadata(**values)
     layout = info.get("layout")
     if layout == SENTENCE_TRANSFORMERS:
         return read_st_folder(folder, meta.pooling, meta.problem_type), meta
@@ -142,6 +156,13 @@ def load_model_folder(folder: str | os.PathLike[str]) -> tuple[TaskModel, DeltaM
         f"{str(folder)!r}: {TASK_JSON} names layout {layout!r}, which this bitfit-deploy does not "
         "read; merge the delta again with this version."
     )
+
+
+_REQUIRED_META = [
+    f.name
+    for f in dataclasses.fields(DeltaMetadata)
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+]
 
 
 def _base_hint(meta: DeltaMetadata) -> str:

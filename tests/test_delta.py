@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bitfit_deploy.delta import (
     FORMAT_NAME,
@@ -187,8 +189,8 @@ def test_a_recorded_arity_survives_the_round_trip():
     [
         ("inputs", "triple", "'inputs' is 'triple'"),
         ("max_length", "0", "'max_length' is 0"),
-        ("max_length", '"128"', "'max_length' is '128'"),
-        ("max_length", "true", "'max_length' is True"),
+        ("max_length", '"128"', "'max_length' is \"128\", not int"),
+        ("max_length", "true", "'max_length' is true, not int"),
     ],
 )
 def test_a_bad_arity_or_max_length_is_refused(key, value, message):
@@ -217,3 +219,38 @@ def test_check_delta_fits():
         )
     with pytest.raises(IncompatibleTaskError, match="hidden size"):
         check_delta_fits(delta, "sha256:abc", "mean", dims, 8)
+
+
+json_texts = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 10**12) | st.floats() | st.text(max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+).map(json.dumps)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    key=st.sampled_from(list(DeltaMetadata.__dataclass_fields__)),
+    raw=json_texts | st.text(max_size=8),
+)
+def test_damaged_metadata_is_one_error_or_a_usable_delta(tmp_path_factory, key, raw):
+    """Any value at any metadata key: a DeltaFormatError naming the file, or a delta that
+    `inspect` shows and whose metadata fits its declared types."""
+    from click.testing import CliRunner
+
+    from bitfit_deploy.cli import cli
+    from bitfit_deploy.json_fields import mismatch
+
+    data = with_metadata(to_bytes(make_delta()), **{key: raw})
+    try:
+        delta = from_bytes(data, source="d.safetensors")
+    except DeltaFormatError as exc:
+        assert "d.safetensors" in str(exc)
+        return
+    assert mismatch(DeltaMetadata, vars(delta.metadata)) is None
+    path = tmp_path_factory.mktemp("meta") / "d.safetensors"
+    path.write_bytes(data)
+    result = CliRunner().invoke(cli, ["inspect", str(path)])
+    assert result.exit_code == 0 and result.exception is None, result.output

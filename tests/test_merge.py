@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -331,3 +332,27 @@ def test_project_readme_loading_example_runs(tiny_models, tmp_path, monkeypatch,
     assert capsys.readouterr().out.strip() == str([f"l{i}" for i in single])
     pair = torch_logits(m, ["A man is sleeping."], ["Nobody sleeps."])
     np.testing.assert_allclose(namespace["logits"], pair, **TOL)
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("{not json", "is not valid JSON"),
+        ("[]", "it is not a JSON object"),
+        ('{"layout": "x"}', "it lacks task"),
+        ("LABELS", "'labels' is 5, not list[str]"),
+        ("MAXLEN", "'max_length' is \"9\", not int"),
+    ],
+)
+def test_a_damaged_task_file_in_a_merged_folder_is_one_error(merged, tmp_path, content, says):
+    m = merged("bert", "mean")
+    folder = tmp_path / "folder"
+    shutil.copytree(m.result.output, folder)
+    info = json.loads((folder / "bitfit_task.json").read_text())
+    text = {
+        "LABELS": json.dumps({**info, "labels": 5}),
+        "MAXLEN": json.dumps({**info, "max_length": "9"}),
+    }.get(content, content)
+    (folder / "bitfit_task.json").write_text(text)
+    with pytest.raises(DeltaFormatError, match=re.escape(says)):
+        load_model_folder(folder)
