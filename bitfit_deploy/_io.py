@@ -30,10 +30,17 @@ def check_output(
     `file`: the output is a file, so an existing folder there is refused even with `force`.
     Commands call it before their work, so a bad path fails in a second, not after training.
     """
+    if not str(path).strip():
+        raise OutputPathError(f"the {what} path is empty; give the path to write.")
     path = Path(path)
     if file and path.is_dir():
         raise OutputPathError(
             f"cannot write {what} {str(path)!r}: it is a folder; give the path of a file to write."
+        )
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        raise OutputPathError(  # --force must never swap a device (/dev/null) or pipe for a file
+            f"cannot write {what} {str(path)!r}: it is a device, pipe or socket, not a file; "
+            "choose another path."
         )
     if path.exists() and not force:
         raise OutputExistsError(
@@ -53,7 +60,19 @@ def check_output(
             f"cannot write {what} {str(path)!r}: no permission to write in {str(folder)!r}; "
             "choose another path or change its permissions."
         )
+    _probe_write(folder, path, what)
     return path
+
+
+def _probe_write(folder: Path, path: Path, what: str) -> None:
+    """Make and remove an empty file in `folder`: permission bits do not tell everything (root
+    may "write" in /proc and /sys, a mount may be read-only), an actual write does."""
+    import tempfile
+
+    with _writing(path, what):
+        fd, probe = tempfile.mkstemp(prefix=".bitfit-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ longer than `max_length` needs only the base model's tokenizer (`tokenizer.json`
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 from bitfit_deploy.data import ReadReport, Split, TaskData
 from bitfit_deploy.data_tables import listing
 from bitfit_deploy.errors import ModelError
+from bitfit_deploy.model_folder import read_config
 
 SHOWN_LABELS = 30
 """How many labels the summary lists per split before it gives only the count of the rest."""
@@ -97,11 +97,10 @@ def _rows(n: int) -> str:
 
 def max_tokens(model_dir: str | Path, max_length: int) -> int:
     """`max_length` capped by the model's position embeddings, as training caps it."""
-    config_path = Path(model_dir) / "config.json"
-    if not config_path.is_file():
-        return max_length
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    limit = int(config.get("max_position_embeddings", 512))
+    config = read_config(model_dir)
+    limit = config.get("max_position_embeddings", 512)
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        limit = 512
     if config.get("model_type") in ("roberta", "xlm-roberta"):
         limit -= 2  # their positions start after the padding index
     return min(max_length, limit)
@@ -119,11 +118,7 @@ def count_truncated(model_dir: str | Path, data: TaskData, max_length: int) -> d
 
 def _length_function(model_dir: Path) -> _Lengths:
     """Token counts of (texts, pairs) with the model's tokenizer, without loading the model."""
-    if not model_dir.is_dir():
-        raise ModelError(
-            f"model folder {str(model_dir)!r} does not exist; pass --model with a local Hugging "
-            "Face model folder (nothing is downloaded from a hub)."
-        )
+    read_config(model_dir)
     path = model_dir / "tokenizer.json"
     if path.is_file():
         from tokenizers import Tokenizer
@@ -145,7 +140,8 @@ def _length_function(model_dir: Path) -> _Lengths:
     try:
         slow_tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load a tokenizer from {str(model_dir)!r}: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"cannot load a tokenizer from {str(model_dir)!r}: {first}") from exc
 
     def slow(texts: Sequence[str], pairs: Sequence[str] | None) -> list[int]:
         encoded = slow_tokenizer(list(texts), list(pairs) if pairs else None, truncation=False)

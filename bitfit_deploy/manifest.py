@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -37,6 +38,8 @@ INT8_CALIBRATION_FILE = "int8_calibration.safetensors"
 """Static int8 only: token ids of the texts the range probe runs a new task on."""
 CLIPPED_OUTPUT_PREFIX = "int8_clipped/"
 """Range probe outputs: per row, the share of a quantized tensor's values beyond its clip."""
+MAX_SIZE = 2**31 - 1
+"""Above any size, width or id a model has: a larger value in a manifest is damage."""
 PROBE_FILE_KEYS = ("probe", "calibration_inputs")
 """Keys of a static int8 variant's `quantization` entry that name bundle files."""
 BAKED_DIR = "baked"
@@ -89,7 +92,10 @@ class Manifest:
         return [self.variants[variant], *([weights] if weights else [])]
 
     def runtime_files(self, variant: str, tasks: bool = True) -> list[str]:
-        """The files a runtime of `variant` loads (graph, weights, tokenizer, base, shipped tasks)."""
+        """The files a runtime of `variant` loads (graph, weights, tokenizer, base, shipped tasks).
+
+        Not the int8 range probe's: the range checker verifies those in the background, and a
+        damaged probe is reported while serving goes on."""
         return [
             *self.variant_files(variant),
             TOKENIZER_FILE,
@@ -102,8 +108,7 @@ class Manifest:
         included), the baked graphs and the int8 range probe's files. Each needs a sha256."""
         files = [f for variant in self.variants for f in self.runtime_files(variant)]
         files += self.baked.values()
-        for spec in self.quantization.values():
-            files += [spec[k] for k in PROBE_FILE_KEYS if isinstance(spec.get(k), str)]
+        files += [f for spec in self.quantization.values() for f in _probe_files(spec)]
         return list(dict.fromkeys(files))
 
     def to_json(self) -> str:
@@ -144,6 +149,11 @@ class Manifest:
         return manifest
 
 
+def _probe_files(spec: dict[str, Any]) -> list[str]:
+    """The files a quantization entry names (a static int8 range probe's), if any."""
+    return [spec[k] for k in PROBE_FILE_KEYS if isinstance(spec.get(k), str)]
+
+
 def _check_types(cls: type, data: dict[str, Any], source: str) -> None:
     """BundleError naming the first known key whose value is not of the type `cls` declares."""
     wrong = mismatch(cls, data)
@@ -174,15 +184,34 @@ def _check_values(m: Manifest, source: str) -> None:
             if t not in TEXT_INPUTS
         ),
         *(f"bias input {b.name!r} has width {b.dim}" for b in m.bias_inputs if b.dim < 1),
+        *(
+            f"{k} {getattr(m, k)} is beyond any model"
+            for k in ("max_length", "hidden_size", "pad_token_id", "opset")
+            if getattr(m, k) > MAX_SIZE
+        ),
+        *(f"bias input {b.name!r} has width {b.dim}" for b in m.bias_inputs if b.dim > MAX_SIZE),
+        *(
+            ["a bias input is listed twice"]
+            if len({b.name for b in m.bias_inputs}) < len(m.bias_inputs)
+            else []
+        ),
+        *(["a task is listed twice"] if len(set(m.tasks)) < len(m.tasks) else []),
     ]
     for variant, spec in m.quantization.items():
+        if spec.get("activations", "per-token") not in INT8_ACTIVATIONS:
+            problems.append(
+                f"the {variant} activations are not one of {', '.join(INT8_ACTIVATIONS)}"
+            )
         if spec.get("probe"):  # a static int8 range probe: its files and clip values
             clip = spec.get("clip")
             if not all(isinstance(spec.get(k), str) for k in PROBE_FILE_KEYS) or not (
-                isinstance(clip, dict) and all(conforms(v, float) for v in clip.values())
+                isinstance(clip, dict)
+                and clip
+                and all(conforms(v, float) and 0 < v < math.inf for v in clip.values())
             ):
                 problems.append(f"the {variant} range probe lacks its files or clip values")
     paths = [*m.variants.values(), *m.weights.values(), *m.files, *m.tasks, *m.baked.values()]
+    paths += [f for spec in m.quantization.values() for f in _probe_files(spec)]
     problems += [
         f"path {p!r} is not a relative path inside the bundle" for p in paths if not _inside(p)
     ]

@@ -24,6 +24,7 @@ from bitfit_deploy.errors import (
     UnsupportedArchitectureError,
 )
 from bitfit_deploy.fingerprint import fingerprint
+from bitfit_deploy.model_folder import read_config
 
 SUPPORTED_ARCHITECTURES = ("bert", "roberta", "xlm-roberta", "distilbert")
 """model_type values whose encoders export with per-row biases."""
@@ -56,16 +57,7 @@ def load_encoder(
     from transformers import AutoConfig, AutoModel
 
     path = path or default_model_path()
-    if not Path(path).is_dir():
-        raise ModelError(
-            f"model folder {path!r} does not exist; pass --model with a local Hugging Face model "
-            "folder (nothing is downloaded from a hub)."
-        )
-    if not (Path(path) / "config.json").is_file():
-        raise ModelError(
-            f"{path!r} is not a Hugging Face model folder (it has no config.json); pass --model "
-            "with a folder that `from_pretrained` loads (nothing is downloaded from a hub)."
-        )
+    read_config(path)  # the folder and its config.json, each a one-line error
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:

@@ -56,6 +56,7 @@ METHODS = ("bitfit", "full", "head")
 DEFAULT_LR = {"bitfit": 5e-3, "full": 5e-5, "head": 5e-3}
 """Measured on the packaged MiniLM, SST-2: BitFit 5e-3 beat 1e-3; full fine-tuning at 5e-5."""
 DEFAULT_EPOCHS = {"bitfit": 2.0, "full": 2.0, "head": 10.0}
+MAX_EPOCHS = 10_000
 """A head-only epoch costs almost nothing once the features are pooled (see probe.py)."""
 
 
@@ -277,16 +278,15 @@ def check_config(config: TrainConfig) -> None:
         raise DataError(
             f"unknown problem type {config.problem_type!r}; choose one of {', '.join(PROBLEM_TYPES)}."
         )
-    for name in ("batch_size", "max_length"):
-        if getattr(config, name) < 1:
-            raise DataError(f"{name} must be at least 1, got {getattr(config, name)}.")
-    for name in ("max_steps", "early_stopping"):
-        if getattr(config, name) is not None and getattr(config, name) < 1:
-            raise DataError(f"{name} must be at least 1, got {getattr(config, name)}.")
+    counts = {"batch_size": 2**20, "max_length": 2**20, "max_steps": 2**31, "early_stopping": 2**31}
+    for name, most in counts.items():  # beyond `most`, a typo (or an endless run), not a setting
+        value = getattr(config, name)
+        if value is not None and not 1 <= value <= most:
+            raise DataError(f"{name} must be from 1 to {most:,}, got {value}.")
     if config.lr is not None and not 0 <= config.lr < math.inf:  # 0: the weights stay as they are
         raise DataError(f"lr must be a number >= 0, got {config.lr}; try 5e-3 for bitfit.")
-    if config.max_steps is None and not 0 < config.num_epochs() < math.inf:
-        raise DataError(f"epochs must be positive, got {config.epochs}.")
+    if config.max_steps is None and not 0 < config.num_epochs() <= MAX_EPOCHS:
+        raise DataError(f"epochs must be above 0 and at most {MAX_EPOCHS:,}, got {config.epochs}.")
 
 
 def read_data(config: TrainConfig) -> TaskData:

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bitfit_deploy.contract import check_task_name
 from bitfit_deploy.runtime.json_body import read_json
 from bitfit_deploy.runtime.oip import OIPRequestError
 from bitfit_deploy.runtime.store import TaskAdmin
@@ -42,7 +43,7 @@ def repository_routes(
 
     async def load(request: Request) -> Response:
         authorize(request)
-        name = request.path_params["task"]
+        name = check_task_name(request.path_params["task"], "use the task's name")
         params = (await _parameters(read_body, request)).get("parameters") or {}
         extra = sorted(k for k in params if k == "config" or k.startswith("file:"))
         if extra:
@@ -55,7 +56,7 @@ def repository_routes(
 
     async def unload(request: Request) -> Response:
         authorize(request)
-        name = request.path_params["task"]
+        name = check_task_name(request.path_params["task"], "use the task's name")
         await _parameters(read_body, request)  # unload_dependents: tasks have no dependents
         await call(admin.unload, name)
         return JSONResponse({"name": name, "state": "UNAVAILABLE"})

@@ -19,7 +19,12 @@ from safetensors.numpy import load_file
 
 from bitfit_deploy.contract import check_task_name
 from bitfit_deploy.delta import TaskDelta, check_delta_fits, from_bytes, load_delta
-from bitfit_deploy.errors import BundleError, IncompatibleTaskError, InvalidInputError
+from bitfit_deploy.errors import (
+    BitFitError,
+    BundleError,
+    IncompatibleTaskError,
+    InvalidInputError,
+)
 from bitfit_deploy.integrity import verify_bundle
 from bitfit_deploy.manifest import (
     BASE_FILE,
@@ -161,7 +166,14 @@ class Runtime:
         self._range_checker = RangeChecker(probe, self._record_int8_checks) if probe else None
         if load_bundle_tasks:
             for rel in self.manifest.tasks:
-                self.load_task(self.bundle_dir / rel)
+                try:
+                    self.load_task(self.bundle_dir / rel)
+                except BitFitError as exc:  # its own task does not fit: the bundle is damaged
+                    raise BundleError(
+                        f"{self.bundle_dir / MANIFEST_FILE}: the shipped task {rel} does not fit "
+                        f"the bundle ({type(exc).__name__}: {exc}); the manifest or the task was "
+                        "edited. Export the bundle again."
+                    ) from exc
 
     # ----------------------------------------------------------------- tasks
     def load_task(
@@ -351,7 +363,10 @@ def _as_list(values: Any, what: str) -> Any:
     if isinstance(values, Sequence):
         return values
     if isinstance(values, Iterable) and not isinstance(values, (Mapping, Set)):
-        return list(values)  # a generator, a numpy array (a set or dict has no input order)
+        try:
+            return list(values)  # a generator, a numpy array (a set or dict has no input order)
+        except TypeError:  # a 0-d numpy array says it iterates, then refuses
+            pass
     raise InvalidInputError(
         f"{what} is {describe(values)}; pass a list of texts or (text, text_pair) pairs."
     )

@@ -185,11 +185,17 @@ def test_packaged_minilm_on_real_sst2(tmp_path):
 
 
 numbers = st.none() | st.floats() | st.sampled_from([-1.0, 0.0, 1e-3, 2.0, float("inf")])
-counts = st.none() | st.integers(-3, 3)
+counts = st.none() | st.integers(-3, 3) | st.sampled_from([2**20, 2**20 + 1, 2**31 + 1, 10**20])
 
 
 @settings(deadline=None)  # the first call imports torch
-@given(lr=numbers, epochs=numbers, max_steps=counts, early=counts, batch=st.integers(-2, 3))
+@given(
+    lr=numbers,
+    epochs=numbers,
+    max_steps=counts,
+    early=counts,
+    batch=st.integers(-2, 3) | counts.filter(bool),
+)
 def test_training_settings_are_checked_before_any_work(lr, epochs, max_steps, early, batch):
     from bitfit_deploy.errors import DataError
     from bitfit_deploy.train import TrainConfig, check_config
@@ -204,13 +210,12 @@ def test_training_settings_are_checked_before_any_work(lr, epochs, max_steps, ea
         early_stopping=early,
         batch_size=batch,
     )
-    finite_positive = lambda x: x is None or 0 < x < float("inf")  # noqa: E731
     valid = (
         (lr is None or 0 <= lr < float("inf"))
-        and (max_steps is None or max_steps >= 1)
-        and (early is None or early >= 1)
-        and batch >= 1
-        and (max_steps is not None or finite_positive(epochs))
+        and (max_steps is None or 1 <= max_steps <= 2**31)
+        and (early is None or 1 <= early <= 2**31)
+        and 1 <= batch <= 2**20
+        and (max_steps is not None or epochs is None or 0 < epochs <= 10_000)
     )
     if valid:
         check_config(config)
@@ -223,7 +228,8 @@ def test_training_settings_are_checked_before_any_work(lr, epochs, max_steps, ea
     ("extra", "says"),
     [
         (["--lr", "-1"], "lr must be a number >= 0"),
-        (["--max-steps", "-3"], "max_steps must be at least 1"),
+        (["--max-steps", "-3"], "max_steps must be from 1 to"),
+        (["--batch-size", "99999999999999999999"], "batch_size must be from 1 to"),
         (["--task", "my task"], "task name 'my task' is not usable"),
     ],
 )

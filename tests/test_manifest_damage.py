@@ -37,6 +37,8 @@ def _places(manifest: dict) -> list[tuple]:
     return [
         *((k,) for k in manifest),
         ("bias_inputs", 0, "dim"),
+        ("bias_inputs", 1, "name"),
+        ("text_inputs", 1),
         ("bias_inputs", 0, "name"),
         ("bias_inputs", 0),
         ("variants", "fp32"),
@@ -59,10 +61,12 @@ def damage_delta(tiny_int8_bundle, tmp_path_factory):
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(data=st.data(), delete=st.booleans(), value=json_values)
+@given(data=st.data(), how=st.sampled_from(["replace", "delete", "perturb"]), value=json_values)
 def test_damaged_manifest_is_one_clear_error(
-    tiny_int8_bundle, damage_delta, tmp_path_factory, data, delete, value
+    tiny_int8_bundle, damage_delta, tmp_path_factory, data, how, value
 ):
+    """Any damage: one BundleError from read_manifest and verify; and a bundle `verify` passes
+    opens in the runtime, both variants (a task may still not fit an edited manifest)."""
     bundle = tmp_path_factory.mktemp("bundle") / "b"
     shutil.copytree(tiny_int8_bundle, bundle)
     manifest = json.loads((bundle / MANIFEST_FILE).read_text())
@@ -74,26 +78,56 @@ def test_damaged_manifest_is_one_clear_error(
         target = manifest
         for key in parents:
             target = target[key]
-        if delete and isinstance(target, dict):
+        if how == "delete" and isinstance(target, dict):
             target.pop(last, None)
+        elif how == "perturb":
+            target[last] = _perturbed(target[last], data.draw(st.integers(0, 2), label="way"))
         else:
             target[last] = value
     (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
 
+    listed: list[str] = []
     try:
-        read_manifest(bundle, verify=False)
+        listed = list(read_manifest(bundle, verify=False).variants)
     except BundleError as exc:
         assert MANIFEST_FILE in str(exc)
     result = CliRunner().invoke(cli, ["verify", str(bundle)])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     assert result.exit_code in (0, 1) and "Traceback" not in result.output
+    verified = result.exit_code == 0
     for variant in ("fp32", "int8"):
         try:
             runtime = Runtime(bundle, variant=variant, threads=1, verify="full")
-            runtime.load_task(damage_delta)
-            runtime.predict("t", ["a fine day", "x " * 40])
         except BitFitError:
-            pass
+            assert not (verified and variant in listed), (
+                f"verify passed, the {variant} runtime refused"
+            )
+            continue
+        try:
+            runtime.load_task(damage_delta)
+        except BitFitError:
+            continue
+        runtime.predict("t", ["a fine day", "x " * 40])
+
+
+def _perturbed(value, way: int):  # noqa: ANN001, ANN202
+    """`value` changed but of the same JSON type: what an edit (or a bit flip) leaves."""
+    if isinstance(value, bool) or value is None:
+        return not value
+    if isinstance(value, int):
+        return [value + 1, value - 1, value * 10**21][way]
+    if isinstance(value, float):
+        return [value * 2, -value, float("1e308")][way]
+    if isinstance(value, str):
+        return [value + "x", value[:-1], "../" + value][way]
+    if isinstance(value, list):
+        return [value[:-1], value + value[:1], value[::-1]][way]
+    if isinstance(value, dict):
+        keys = list(value)
+        if not keys:
+            return {"x": 1}
+        return [{k: value[k] for k in keys[:-1]}, {**value, keys[0] + "x": value[keys[0]]}, {}][way]
+    return value
 
 
 def test_verify_fails_where_a_runtime_would(tiny_int8_bundle, tmp_path):

@@ -60,6 +60,30 @@ def test_atomic_outputs_fail_cleanly_and_leave_everything(tmp_path_factory, kind
     assert {p: (p.read_bytes() if p.is_file() else None) for p in root.rglob("*")} == before
 
 
+@pytest.mark.parametrize("place", ["/proc/x.json", "/sys/x.json", "/proc/deeper/x.json"])
+def test_places_that_refuse_writes_are_found_before_any_work(place):
+    """Permission bits do not tell (root may "write" in /proc): check_output tries a write."""
+    with pytest.raises(OutputPathError, match=f"cannot write output '{place}'"):
+        check_output(place, force=True)
+
+
+def test_force_never_replaces_a_device_or_pipe(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for place in ("/dev/null", str(fifo)):
+        for writer in (atomic_file, atomic_dir):
+            with (
+                pytest.raises(OutputPathError, match="a device, pipe or socket"),
+                writer(place, force=True),
+            ):
+                pass
+    assert Path("/dev/null").is_char_device() and fifo.is_fifo()
+    with pytest.raises(OutputPathError, match="path is empty"):
+        check_output("", force=True)
+
+
 def test_unwritable_places_name_the_path(tmp_path):
     with pytest.raises(OutputPathError, match="cannot write output file '/proc/x.json'"):  # noqa: SIM117
         with atomic_file("/proc/x.json"):
@@ -74,6 +98,7 @@ def test_unwritable_places_name_the_path(tmp_path):
     "command",
     [
         ["train", "--task", "t", "--train", "{data}", "--model", "{no_model}", "-o", "{bad}/t.st"],
+        ["train", "--task", "t", "--train", "{data}", "--model", "{no_model}", "-o", "/proc/t.st"],
         ["export", "--onnx", "--output", "{bad}/bundle"],
         ["merge", "--delta", "{delta}", "--output", "{bad}/merged"],
         [
@@ -88,7 +113,7 @@ def test_unwritable_places_name_the_path(tmp_path):
             "{bad}/r.json",
         ],
     ],
-    ids=["train", "export", "merge", "eval"],
+    ids=["train", "train-proc", "export", "merge", "eval"],
 )
 def test_commands_refuse_a_bad_output_before_their_work(
     command, tiny_int8_bundle, tmp_path, toy_tsv, monkeypatch
@@ -118,5 +143,6 @@ def test_commands_refuse_a_bad_output_before_their_work(
     }
     result = CliRunner().invoke(cli, [a.format(**values) for a in command])
     assert result.exit_code == 1, result.output
-    assert "OutputPathError" in result.output and "afile' is a file, not a folder" in result.output
+    assert "OutputPathError" in result.output
+    assert "afile' is a file, not a folder" in result.output or "'/proc/t.st'" in result.output
     assert bad.read_text() == "keep"

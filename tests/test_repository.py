@@ -107,6 +107,18 @@ def test_repository_calls_need_the_admin_token_and_name_what_is_wrong(
     triton.close()
 
 
+@pytest.mark.parametrize("name", ["a%20b", ".hidden", "x" * 129, "abc%0A"])
+def test_load_and_unload_refuse_what_is_no_task_name_and_write_nothing(
+    server: tuple[str, BuiltApp], store: Path, name: str
+) -> None:
+    base, _ = server
+    before = sorted(p.name for p in store.iterdir())
+    for action in ("load", "unload"):
+        r = httpx.post(f"{base}/v2/repository/models/{name}/{action}", headers=AUTH)
+        assert r.status_code == 422 and "1-128 letters" in r.text, (action, r.text)
+    assert sorted(p.name for p in store.iterdir()) == before
+
+
 def test_without_a_store_the_index_lists_loaded_tasks_and_load_says_how_to_get_one(
     bundle: Path,
 ) -> None:

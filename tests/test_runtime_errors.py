@@ -93,7 +93,7 @@ def test_any_ordered_iterable_of_inputs_is_taken_a_set_or_dict_is_not(runtime):
         assert [p.scores for p in runtime.predict("alpha", inputs)] == want
     mixed = runtime.predict_mixed(("alpha", s) for s in SENTENCES[:3])
     assert [p.scores for p in mixed] == want
-    for unordered in (set(SENTENCES[:3]), dict.fromkeys(SENTENCES[:3]), 7):
+    for unordered in (set(SENTENCES[:3]), dict.fromkeys(SENTENCES[:3]), 7, np.array("one")):
         with pytest.raises(InvalidInputError, match="pass a list of texts"):
             runtime.predict("alpha", unordered)
 
