@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bitfit_deploy.data import ReadReport, Split, TaskData
 from bitfit_deploy.data_tables import listing
-from bitfit_deploy.errors import ModelError
+from bitfit_deploy.errors import ModelError, first_line
 from bitfit_deploy.model_folder import read_config
 
 SHOWN_LABELS = 30
@@ -140,8 +140,9 @@ def _length_function(model_dir: Path) -> _Lengths:
     try:
         slow_tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     except (OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"cannot load a tokenizer from {str(model_dir)!r}: {first}") from exc
+        raise ModelError(
+            f"cannot load a tokenizer from {str(model_dir)!r}: {first_line(exc)}"
+        ) from exc
 
     def slow(texts: Sequence[str], pairs: Sequence[str] | None) -> list[int]:
         encoded = slow_tokenizer(list(texts), list(pairs) if pairs else None, truncation=False)

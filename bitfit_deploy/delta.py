@@ -31,7 +31,7 @@ from bitfit_deploy.contract import (
     TASK_INPUTS,
 )
 from bitfit_deploy.errors import DeltaFormatError
-from bitfit_deploy.json_fields import mismatch
+from bitfit_deploy.json_fields import mismatch, required_fields
 
 FORMAT_NAME = "bitfit-delta"
 FORMAT_VERSION = 1
@@ -94,11 +94,7 @@ class DeltaMetadata:
                 ) from exc
         if "inputs" not in values:
             values["inputs"] = _inputs_from_training(values.get("training"))
-        missing = [
-            k
-            for k in ("task", "base_fingerprint", "problem_type", "labels", "pooling")
-            if k not in values
-        ]
+        missing = [k for k in required_fields(cls) if k not in values]
         if missing:
             raise DeltaFormatError(
                 f"{source}: metadata lacks {', '.join(missing)}; the file is incomplete."

@@ -11,6 +11,13 @@ class BitFitError(Exception):
     """Base class of every error bitfit-deploy raises on purpose."""
 
 
+def first_line(exc: BaseException) -> str:
+    """A library exception's message cut to its first line (transformers' run over several), for
+    wrapping it in a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class DataError(BitFitError, ValueError):
     """The training or evaluation data cannot be used as given (columns, labels, emptiness)."""
 

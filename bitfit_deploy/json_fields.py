@@ -1,5 +1,5 @@
-"""Whether parsed JSON fits a dataclass's field types: manifests, delta metadata and merged-folder
-task files are files anyone can edit, so their fields are checked before use, by this one checker."""
+"""Reading JSON files anyone can edit (manifests, delta metadata, merged-folder task files, model
+configs) and checking parsed JSON against a dataclass's field types: one reader, one checker."""
 
 from __future__ import annotations
 
@@ -7,7 +7,26 @@ import dataclasses
 import functools
 import json
 import typing
+from pathlib import Path
 from typing import Any
+
+
+def read_json_file(path: Path, error: type[Exception], fix: str) -> Any:
+    """`path` parsed as JSON; `error` naming the file and `fix` if it is not UTF-8 JSON (too deep
+    included)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise error(f"{path} is not valid JSON ({exc}); {fix}.") from exc
+
+
+def required_fields(cls: type) -> list[str]:
+    """The fields of dataclass `cls` without a default: the keys a file must hold."""
+    return [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
 
 
 def mismatch(cls: type, data: dict[str, Any]) -> str | None:

@@ -20,7 +20,7 @@ from bitfit_deploy.contract import POOLINGS, TEXT_INPUTS
 from bitfit_deploy.errors import BundleError
 from bitfit_deploy.integrity import sha256_file as sha256_file  # re-exported: exporters use it
 from bitfit_deploy.integrity import verify_files
-from bitfit_deploy.json_fields import conforms, mismatch
+from bitfit_deploy.json_fields import conforms, mismatch, read_json_file, required_fields
 
 FORMAT_NAME = "bitfit-bundle"
 FORMAT_VERSION = 1
@@ -135,12 +135,7 @@ class Manifest:
             )
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        required = [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]  # type: ignore[misc]
-        missing = [k for k in required if k not in values]
+        missing = [k for k in required_fields(cls) if k not in values]
         if missing:
             raise BundleError(f"{source} lacks the keys {missing}; export the bundle again.")
         values["bias_inputs"] = [BiasInput(**b) for b in values["bias_inputs"]]
@@ -167,11 +162,15 @@ def _check_values(m: Manifest, source: str) -> None:
     """BundleError for values of the right type that no export writes (sizes, names, paths)."""
     problems = [
         *(
-            f"{k} must be at least 1"
-            for k in ("max_length", "hidden_size", "opset")
-            if getattr(m, k) < 1
+            f"{k} {getattr(m, k)} is not from {least} to {MAX_SIZE}"
+            for k, least in (
+                ("max_length", 1),
+                ("hidden_size", 1),
+                ("opset", 1),
+                ("pad_token_id", 0),
+            )
+            if not least <= getattr(m, k) <= MAX_SIZE
         ),
-        *(["pad_token_id must not be negative"] if m.pad_token_id < 0 else []),
         *(
             f"{k} must not be empty"
             for k in ("base_fingerprint", "architecture", "text_inputs", "bias_inputs", "variants")
@@ -183,13 +182,11 @@ def _check_values(m: Manifest, source: str) -> None:
             for t in m.text_inputs
             if t not in TEXT_INPUTS
         ),
-        *(f"bias input {b.name!r} has width {b.dim}" for b in m.bias_inputs if b.dim < 1),
         *(
-            f"{k} {getattr(m, k)} is beyond any model"
-            for k in ("max_length", "hidden_size", "pad_token_id", "opset")
-            if getattr(m, k) > MAX_SIZE
+            f"bias input {b.name!r} has width {b.dim}"
+            for b in m.bias_inputs
+            if not 1 <= b.dim <= MAX_SIZE
         ),
-        *(f"bias input {b.name!r} has width {b.dim}" for b in m.bias_inputs if b.dim > MAX_SIZE),
         *(
             ["a bias input is listed twice"]
             if len({b.name for b in m.bias_inputs}) < len(m.bias_inputs)
@@ -241,10 +238,7 @@ def read_manifest(bundle_dir: str | os.PathLike[str], verify: bool = True) -> Ma
             f"{str(bundle)!r} has no {MANIFEST_FILE}: it is not an export bundle. "
             "Create one with `bitfit-deploy export --onnx --output DIR`."
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc}); export the bundle again.") from exc
+    data = read_json_file(path, BundleError, "export the bundle again")
     manifest = Manifest.from_dict(data, str(path))
     if verify:
         verify_files(bundle, manifest.files, manifest.files, use_markers=False)

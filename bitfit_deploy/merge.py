@@ -24,7 +24,7 @@ from bitfit_deploy.delta import DeltaMetadata, load_delta
 from bitfit_deploy.errors import DeltaFormatError, FingerprintMismatchError
 from bitfit_deploy.fingerprint import short
 from bitfit_deploy.hf_classifier import exact_classifier, from_classifier, to_classifier
-from bitfit_deploy.json_fields import mismatch
+from bitfit_deploy.json_fields import mismatch, read_json_file, required_fields
 from bitfit_deploy.modeling import (
     TaskModel,
     apply_delta,
@@ -131,16 +131,13 @@ def load_model_folder(folder: str | os.PathLike[str]) -> tuple[TaskModel, DeltaM
         raise DeltaFormatError(
             f"{str(folder)!r} lacks {TASK_JSON}; it was not written by bitfit-deploy."
         )
-    try:
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise DeltaFormatError(
-            f"{info_file} is not valid JSON ({exc}); merge the delta again."
-        ) from exc
+    info = read_json_file(info_file, DeltaFormatError, "merge the delta again")
     known = {f.name for f in dataclasses.fields(DeltaMetadata)}
     values = {k: v for k, v in info.items() if k in known} if isinstance(info, dict) else None
     wrong = "it is not a JSON object" if values is None else mismatch(DeltaMetadata, values)
-    missing = [] if values is None else [k for k in _REQUIRED_META if k not in values]
+    missing = (
+        [] if values is None else [k for k in required_fields(DeltaMetadata) if k not in values]
+    )
     if wrong or missing:
         why = wrong or f"it lacks {', '.join(missing)}"
         raise DeltaFormatError(
@@ -156,13 +153,6 @@ def load_model_folder(folder: str | os.PathLike[str]) -> tuple[TaskModel, DeltaM
         f"{str(folder)!r}: {TASK_JSON} names layout {layout!r}, which this bitfit-deploy does not "
         "read; merge the delta again with this version."
     )
-
-
-_REQUIRED_META = [
-    f.name
-    for f in dataclasses.fields(DeltaMetadata)
-    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-]
 
 
 def _base_hint(meta: DeltaMetadata) -> str:

@@ -3,11 +3,11 @@ takes `--model` checks first, so a folder that is no model is one line naming it
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from bitfit_deploy.errors import ModelError
+from bitfit_deploy.json_fields import read_json_file
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:
@@ -24,10 +24,7 @@ def read_config(folder: str | Path) -> dict[str, Any]:
             f"{str(folder)!r} is not a Hugging Face model folder (it has no config.json); pass "
             "--model with a folder that `from_pretrained` loads (nothing is downloaded from a hub)."
         )
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ModelError(f"{path} is not valid JSON ({exc}); the model folder is damaged.") from exc
+    config = read_json_file(path, ModelError, "the model folder is damaged")
     if not isinstance(config, dict) or not isinstance(config.get("model_type", ""), str):
         raise ModelError(f"{path} is not a model config (no object with a model_type string).")
     return config

@@ -22,6 +22,7 @@ from bitfit_deploy.errors import (
     ModelError,
     NoBiasError,
     UnsupportedArchitectureError,
+    first_line,
 )
 from bitfit_deploy.fingerprint import fingerprint
 from bitfit_deploy.model_folder import read_config
@@ -61,7 +62,7 @@ def load_encoder(
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read the model config in {path!r}: {_first_line(exc)}") from exc
+        raise ModelError(f"cannot read the model config in {path!r}: {first_line(exc)}") from exc
     if config.model_type not in SUPPORTED_ARCHITECTURES:
         _check_has_bias(config, path)
         raise UnsupportedArchitectureError(
@@ -77,7 +78,7 @@ def load_encoder(
         )
     except (OSError, ValueError, SafetensorError) as exc:  # no or damaged weights
         raise ModelError(
-            f"cannot load the model weights in {path!r}: {_first_line(exc)}; check that the folder "
+            f"cannot load the model weights in {path!r}: {first_line(exc)}; check that the folder "
             "holds model.safetensors (or pytorch_model.bin) as saved by `save_pretrained`."
         ) from exc
     model.eval()
@@ -88,12 +89,6 @@ def load_encoder(
             "(LLaMA-style models have none); use a BERT-family encoder."
         )
     return model, path
-
-
-def _first_line(exc: BaseException) -> str:
-    """An exception's message cut to its first line (transformers' run over several)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_has_bias(config: object, path: str) -> None:

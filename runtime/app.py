@@ -65,11 +65,11 @@ def build_app(config: ServeConfig) -> BuiltApp:
     for path in config.tasks:
         try:
             runtime.load_task(path)
-        except TaskExistsError as exc:  # its message speaks of the Python API's replace=True
+        except TaskExistsError:  # its message speaks of the Python API's replace=True
             raise TaskExistsError(
-                f"--task {path}: {exc.args[0].split(';')[0]} (the bundle ships one, or another "
-                "--task has it); retrain it under another name (train --task NAME), or export a "
-                "bundle without the other."
+                f"--task {path}: a task of its name is loaded already (the bundle ships one, or "
+                "another --task has it); retrain it under another name (train --task NAME), or "
+                "export a bundle without the other."
             ) from None
     admin, problems = None, []
     if config.tasks_dir is not None:
