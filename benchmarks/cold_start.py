@@ -19,7 +19,9 @@ fp32 and int8, each opened three ways, repetitions interleaved (median of 5, min
 
 The bundle's files are in the page cache (read just before), as on a machine that opened the
 bundle recently; a cold disk adds its read time. Goal: at most 0.35 s for fp32 (set on a quiet
-2-core Xeon with AVX-512 VNNI and AMX).
+2-core Xeon with AVX-512 VNNI and AMX, where `before` took 0.51-0.64 s). As this VM's speed
+drifts by hour, the default path over `before`, paired per repetition, is printed too, with
+what it comes to at the goal's machine speed.
 
 Footprint: a fresh venv with the runtime only (`pip install -c constraints.txt .`, no extras, from
 this checkout; needs PyPI or a pip cache), its installed size without pip and setuptools (sizes of
@@ -279,6 +281,36 @@ def summary(values: list[float]) -> str:
     return f"{statistics.median(values):6.3f} s ({min(values):.3f}-{max(values):.3f})"
 
 
+ISSUE_BEFORE_S = (0.51, 0.64)
+"""The old path's cold start on the quiet machine the 0.35 s goal was set on (issue 12)."""
+
+
+def print_speed_free_goal(samples: dict) -> None:
+    """The default path over the old one, paired per repetition: a figure the host's speed cancels from.
+
+    This VM runs 1.2-1.4x slower on some hours, the old path too; the ratio, applied to the old
+    path's time on the quiet machine the goal was set on, says what the default path would take there.
+    """
+    from _common import format_ratio, paired_ratio
+
+    for variant in ("fp32", "int8"):
+        ratio = paired_ratio(
+            [r["total"] for r in samples[(variant, "marker")]],
+            [r["total"] for r in samples[(variant, "before")]],
+        )
+        lo, hi = (ratio[0] * s for s in ISSUE_BEFORE_S)
+        print(
+            f"{variant} default path / before, paired per repetition: {format_ratio(ratio)}; "
+            f"at the goal's machine speed (before: {ISSUE_BEFORE_S[0]}-{ISSUE_BEFORE_S[1]} s) "
+            f"that is {lo:.3f}-{hi:.3f} s"
+            + (
+                f" (goal: <= 0.35 s) {'OK' if hi <= 0.35 else 'MISSED'}"
+                if variant == "fp32"
+                else ""
+            )
+        )
+
+
 def plot(path: Path, samples: dict, title: str) -> None:
     import matplotlib
 
@@ -370,6 +402,7 @@ def main() -> None:
     print(
         f"fp32 with markers (the default path): {goal:.3f} s (goal: <= 0.35 s)  {'OK' if goal <= 0.35 else 'MISSED'}"
     )
+    print_speed_free_goal(samples)
     print("\nRSS after the first prediction, median (peak during start-up)")
     for variant in ("fp32", "int8"):
         now, old = samples[(variant, "marker")], samples[(variant, "before")]
