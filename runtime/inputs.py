@@ -70,9 +70,17 @@ def describe(value: Any) -> str:
     if isinstance(value, str):
         return f"the text {value[:40]!r}" + ("..." if len(value) > 40 else "")
     if isinstance(value, (list, tuple)):
-        return f"a {type(value).__name__} of {len(value)} items"
+        return f"a {type(value).__name__} of {_count(len(value), 'item')}"
     if isinstance(value, dict):
-        return f"an object of {len(value)} keys"
+        return f"an object of {_count(len(value), 'key')}"
     if value is None:
         return "null"
-    return f"a {type(value).__name__}"
+    shape = getattr(value, "shape", None)
+    if isinstance(shape, tuple):  # a numpy (or similar) array
+        return f"an array of shape {shape} ({getattr(value, 'dtype', '?')})"
+    name = type(value).__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")

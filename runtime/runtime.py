@@ -24,6 +24,7 @@ from bitfit_deploy.errors import (
     BundleError,
     IncompatibleTaskError,
     InvalidInputError,
+    TaskNotFoundError,
 )
 from bitfit_deploy.integrity import verify_bundle
 from bitfit_deploy.manifest import (
@@ -39,7 +40,13 @@ from bitfit_deploy.runtime.inputs import check_input, describe
 from bitfit_deploy.runtime.int8_ranges import CheckResult, RangeChecker, RangeProbe, warn_if_clipped
 from bitfit_deploy.runtime.parallel import RowSlices, resolve_parallel
 from bitfit_deploy.runtime.providers import create_session
-from bitfit_deploy.runtime.registry import BiasLayout, Snapshot, TaskRegistry, prepare_task
+from bitfit_deploy.runtime.registry import (
+    BiasLayout,
+    LoadedTask,
+    Snapshot,
+    TaskRegistry,
+    prepare_task,
+)
 from bitfit_deploy.runtime.results import Prediction, TaskInfo, make_prediction
 from bitfit_deploy.runtime.tokenize import BundleTokenizer, TextInput
 
@@ -229,7 +236,7 @@ class Runtime:
         Checks what `predict` checks: text only, well-formed Unicode, the task's arity
         (`TaskInfo.inputs`: one text or a (text, text_pair) pair).
         """
-        return check_input(item, self._registry.snapshot().get(task).info, index)
+        return check_input(item, self._task(self._registry.snapshot(), task, index).info, index)
 
     def predict(
         self, task: str, inputs: Sequence[str | tuple[str, str] | list[str]]
@@ -262,7 +269,7 @@ class Runtime:
                 raise InvalidInputError(
                     f"request {index} must be a (task, input) pair, got {describe(request)}."
                 )
-            task = snapshot.get(request[0])
+            task = self._task(snapshot, request[0], index)
             tasks.append(task)
             items.append(check_input(request[1], task.info, index))
         encoded = self._tokenizer.encode(items, [t.info.max_length for t in tasks])
@@ -272,6 +279,14 @@ class Runtime:
         return results  # type: ignore[return-value]
 
     # -------------------------------------------------------------- internals
+    @staticmethod
+    def _task(snapshot: Snapshot, name: str, index: int) -> LoadedTask:
+        """The task of request `index`, or TaskNotFoundError naming that request."""
+        try:
+            return snapshot.get(name)
+        except TaskNotFoundError as exc:
+            raise TaskNotFoundError(f"request {index}: {exc}") from None
+
     def _run(
         self, snapshot: Snapshot, run: list[int], tasks: list, encoded: list, results: list
     ) -> None:

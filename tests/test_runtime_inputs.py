@@ -107,11 +107,11 @@ def test_a_max_length_too_short_for_any_text_is_refused(bundle, bundle_dir, tmp_
         ("single", ["great", "film"], "is a pair, but the task was trained on single texts"),
         ("single", ("great", "film"), "is a pair"),
         ("pair", "great film", "is one text, but the task was trained on pairs"),
-        ("pair", ["only one"], "a list of 1 items; a pair is exactly two texts"),
+        ("pair", ["only one"], "a list of 1 item; a pair is exactly two texts"),
         ("legacy", ["a", "b", "c"], "a list of 3 items"),
         ("legacy", ["a", 3], "a list of 2 items"),
         ("legacy", {"text": "a", "text_pair": "b"}, "an object of 2 keys"),
-        ("legacy", 3, "is a int"),
+        ("legacy", 3, "is an int"),
         ("legacy", None, "is null"),
         ("legacy", b"bytes", "is a bytes"),
     ],
@@ -160,11 +160,32 @@ def test_describe_never_recurses_into_a_value():
     deep: list = []
     for _ in range(100_000):
         deep = [deep]
-    assert describe(deep) == "a list of 1 items"
-    assert describe(10**10_000) == "a int"
+    assert describe(deep) == "a list of 1 item"
+    assert describe(10**10_000) == "an int"
     info = TaskInfo("t", ["a", "b"], "single_label", inputs="single")
-    with pytest.raises(InvalidInputError, match="a list of 1 items"):
+    with pytest.raises(InvalidInputError, match="a list of 1 item"):
         check_input(deep, info, 0)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (3, "an int"),
+        (1.5, "a float"),
+        (True, "a bool"),
+        (b"x", "a bytes"),
+        (np.arange(3, dtype=np.int64), "an array of shape (3,) (int64)"),
+        (np.float32(2), "an array of shape () (float32)"),
+        (object(), "an object"),
+        ([], "a list of 0 items"),
+        (("a",), "a tuple of 1 item"),
+        ({"a": 1}, "an object of 1 key"),
+        ({}, "an object of 0 keys"),
+    ],
+)
+def test_describe_reads_as_english(value, expected):
+    """The article fits the type's name and counts agree with their noun (it said 'a int')."""
+    assert describe(value) == expected
 
 
 @settings(max_examples=40, deadline=None)

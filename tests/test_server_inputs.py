@@ -24,6 +24,7 @@ from runtime_fixtures import LONG_TEXT, synthetic_delta
 from starlette.testclient import TestClient
 
 from bitfit_deploy.delta import save_delta
+from bitfit_deploy.errors import TaskNotFoundError
 from bitfit_deploy.runtime import Runtime
 from bitfit_deploy.runtime.server import create_app
 
@@ -369,7 +370,7 @@ def test_an_input_of_the_wrong_arity_is_422_naming_the_task_and_what_it_takes(cl
         ("/v1/tasks/nli/predict", {"inputs": ["great film"]}, "input 0 for task 'nli' is one text"),
         ("/v1/tasks/nli/predict", {"inputs": [["a"]]}, "exactly two texts"),
         ("/v1/tasks/old/predict", {"inputs": [["a", "b", "c"]]}, "exactly two texts"),
-        ("/v1/tasks/old/predict", {"inputs": [{"text": "a"}]}, "an object of 1 keys"),
+        ("/v1/tasks/old/predict", {"inputs": [{"text": "a"}]}, "an object of 1 key"),
         (
             "/v1/predict",
             {
@@ -479,7 +480,7 @@ def test_v2_reads_base64_and_str_content_types_and_refuses_others(client, runtim
             {**v2_request(["x"]), "parameters": {"content_type": "pd"}},
             "the request has content_type 'pd'",
         ),
-        (v2_request(["x"], content_type=7), "content_type a int"),  # type: ignore[arg-type]
+        (v2_request(["x"], content_type=7), "content_type an int"),  # type: ignore[arg-type]
         (v2_request(["not base64!"], content_type="base64"), "element 0 is not base64"),
         (v2_request(["//79"], content_type="base64"), "not UTF-8 text once base64-decoded"),
     ]:
@@ -570,3 +571,25 @@ def test_a_malformed_mixed_request_is_named_by_its_index(client, good, bad) -> N
     response = client.post("/v1/predict", json={"requests": requests})
     assert response.status_code == 422
     assert f"request {good} is" in response.json()["detail"]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    known=st.lists(st.sampled_from(["sent", "old"]), max_size=6),
+    where=st.integers(min_value=0),
+    unknown=st.text(min_size=1, max_size=12).filter(lambda s: s not in TASKS),
+)
+def test_an_unknown_task_in_a_mixed_request_names_its_index(
+    client, runtime, known, where, unknown
+) -> None:
+    """Among known tasks, the request for an unknown one is named by its index (API and HTTP)."""
+    index = where % (len(known) + 1)
+    names = [*known[:index], unknown, *known[index:]]
+    rows = [(name, "a fine film") for name in names]
+    with pytest.raises(TaskNotFoundError, match=rf"^request {index}: task .* is not loaded"):
+        runtime.predict_mixed(rows)
+    body = {"requests": [{"task": t, "input": x} for t, x in rows]}
+    message = error_of(client.post("/v1/predict", json=body), 404, "task_not_found")
+    assert message.startswith(f"request {index}: task ")
