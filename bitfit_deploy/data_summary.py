@@ -14,7 +14,7 @@ from pathlib import Path
 from bitfit_deploy.data import ReadReport, Split, TaskData
 from bitfit_deploy.data_tables import listing
 from bitfit_deploy.errors import ModelError, first_line
-from bitfit_deploy.model_folder import read_config
+from bitfit_deploy.model_folder import position_limit, read_config
 
 SHOWN_LABELS = 30
 """How many labels the summary lists per split before it gives only the count of the rest."""
@@ -97,13 +97,7 @@ def _rows(n: int) -> str:
 
 def max_tokens(model_dir: str | Path, max_length: int) -> int:
     """`max_length` capped by the model's position embeddings, as training caps it."""
-    config = read_config(model_dir)
-    limit = config.get("max_position_embeddings", 512)
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        limit = 512
-    if config.get("model_type") in ("roberta", "xlm-roberta"):
-        limit -= 2  # their positions start after the padding index
-    return min(max_length, limit)
+    return min(max_length, position_limit(read_config(model_dir)))
 
 
 def count_truncated(model_dir: str | Path, data: TaskData, max_length: int) -> dict[str, int]:

@@ -28,3 +28,19 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     if not isinstance(config, dict) or not isinstance(config.get("model_type", ""), str):
         raise ModelError(f"{path} is not a model config (no object with a model_type string).")
     return config
+
+
+OFFSET_POSITIONS = ("roberta", "xlm-roberta")
+"""Model types whose position ids start after the padding index, so fewer positions hold tokens."""
+
+
+def position_limit(config: dict[str, Any]) -> int:
+    """The most tokens (special ones included) one input may have: the model's position embeddings,
+    less the slots RoBERTa-style models keep before their first position (padding index + 1)."""
+    limit = config.get("max_position_embeddings", 512)
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        limit = 512
+    if config.get("model_type") in OFFSET_POSITIONS:
+        pad = config.get("pad_token_id", 1)  # RobertaConfig's default
+        limit -= (pad if isinstance(pad, int) and not isinstance(pad, bool) else 1) + 1
+    return limit

@@ -337,8 +337,9 @@ def _freeze(model: TaskModel, trainable_biases: set[str] | None) -> int:
 
 
 def _position_limit(encoder: nn.Module) -> int:
-    limit = int(getattr(encoder.config, "max_position_embeddings", 512))
-    return limit - 2 if encoder.config.model_type in ("roberta", "xlm-roberta") else limit
+    from bitfit_deploy.model_folder import position_limit
+
+    return position_limit(encoder.config.to_dict())
 
 
 class _Examples(torch.utils.data.Dataset):

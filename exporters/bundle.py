@@ -40,6 +40,7 @@ from bitfit_deploy.manifest import (
     Manifest,
     sha256_file,
 )
+from bitfit_deploy.model_folder import position_limit
 from bitfit_deploy.modeling import (
     base_fingerprint,
     check_supported,
@@ -295,9 +296,7 @@ def _warn_longer_tasks(deltas: list[tuple[Path, TaskDelta]], max_length: int) ->
 
 
 def _max_length(encoder, model_path: str, requested: int | None) -> int:
-    limit = int(encoder.config.max_position_embeddings)
-    if encoder.config.model_type in ("roberta", "xlm-roberta"):
-        limit -= int(encoder.config.pad_token_id or 0) + 1  # positions start after padding_idx
+    limit = position_limit(encoder.config.to_dict())
     if requested is not None:
         if not 1 <= requested <= limit:
             raise IncompatibleTaskError(

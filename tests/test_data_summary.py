@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from conftest import TOKENIZER_FILES, packaged_model_dir
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bitfit_deploy.cli import cli
 from bitfit_deploy.data import load_task_data
@@ -129,6 +132,22 @@ def test_dry_run_prints_the_summary_and_loads_no_model(tokenizer_only, tmp_path,
     assert not out.exists()
 
 
+@pytest.mark.parametrize("requested", [65, 100, 4096])
+def test_a_max_length_beyond_the_positions_is_said_not_cut_silently(
+    tokenizer_only, tmp_path, requested
+):
+    """The model has 64 positions: a larger --max-length is capped, and the summary says so."""
+    args = train_args(DATA / "clean_glue_style.tsv", tmp_path / "t.safetensors", tokenizer_only)
+    capped = CliRunner().invoke(cli, [*args, "--dry-run", "--max-length", str(requested)])
+    assert capped.exit_code == 0, capped.output
+    assert (
+        f"note: --max-length {requested} is more than this model's 64 positions; inputs are cut "
+        "at 64 tokens" in capped.output
+    )
+    fits = CliRunner().invoke(cli, [*args, "--dry-run", "--max-length", "64"])
+    assert fits.exit_code == 0 and "note:" not in fits.output
+
+
 @pytest.mark.parametrize(
     ("name", "extra", "message"),
     [
@@ -168,3 +187,29 @@ def test_training_prints_the_summary_first(tiny_models, toy_tsv, tmp_path):
 
     training = load_delta(out).metadata.training
     assert training["quoting"] is None and training["drop_empty"] is False
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    model_type=st.sampled_from(["bert", "roberta", "xlm-roberta", "distilbert", "electra"]),
+    positions=st.integers(min_value=8, max_value=4096),
+    pad=st.one_of(st.none(), st.integers(min_value=0, max_value=4)),
+    requested=st.integers(min_value=1, max_value=8192),
+)
+def test_one_position_limit_for_summary_training_and_export(model_type, positions, pad, requested):
+    """The data summary, training and export read one limit; RoBERTa-style models keep pad + 1
+    positions (1 + 1 when the config names no pad token, as RobertaConfig defaults)."""
+    from transformers import AutoConfig
+
+    from bitfit_deploy.model_folder import position_limit
+
+    config = {"model_type": model_type, "max_position_embeddings": positions}
+    if pad is not None:
+        config["pad_token_id"] = pad
+    offset = ((1 if pad is None else pad) + 1) if model_type in ("roberta", "xlm-roberta") else 0
+    assert position_limit(config) == positions - offset
+    hf = AutoConfig.for_model(**config).to_dict()  # what training and export see
+    assert position_limit(hf) == positions - offset
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "config.json").write_text(json.dumps(config))
+        assert max_tokens(folder, requested) == min(requested, positions - offset)

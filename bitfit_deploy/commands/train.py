@@ -210,4 +210,10 @@ def _data_summary(model: str | None, max_length: int, data: TaskData) -> str:
 
     model_dir = model or default_model_path()
     limit = max_tokens(model_dir, max_length)
-    return describe(data, count_truncated(model_dir, data, limit), limit)
+    summary = describe(data, count_truncated(model_dir, data, limit), limit)
+    if limit < max_length:
+        summary += (
+            f"\nnote: --max-length {max_length} is more than this model's {limit} positions; "
+            f"inputs are cut at {limit} tokens (pass --max-length {limit} or less to say so)."
+        )
+    return summary
