@@ -71,3 +71,10 @@ def graph_bias_names(parameter_names: Iterable[str], pooling: str) -> list[str]:
         for n in parameter_names
         if is_bias(n) and (pooling == "pooler" or not n.startswith(POOLER_PREFIX))
     ]
+
+
+def shortest_max_length(pair_specials: int) -> int:
+    """The least max length (tokens, special ones included) that train, export and the runtime
+    accept: a pair's special tokens and one token of each text. Below a tokenizer's special
+    tokens, truncation does not apply at all, and inputs run past the position table."""
+    return pair_specials + 2

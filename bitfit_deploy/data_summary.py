@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from bitfit_deploy.contract import shortest_max_length
 from bitfit_deploy.data import ReadReport, Split, TaskData
 from bitfit_deploy.data_tables import listing
-from bitfit_deploy.errors import ModelError, first_line
+from bitfit_deploy.errors import DataError, ModelError, first_line
 from bitfit_deploy.model_folder import position_limit, read_config
 
 SHOWN_LABELS = 30
@@ -96,8 +98,31 @@ def _rows(n: int) -> str:
 
 
 def max_tokens(model_dir: str | Path, max_length: int) -> int:
-    """`max_length` capped by the model's position embeddings, as training caps it."""
-    return min(max_length, position_limit(read_config(model_dir)))
+    """`max_length` capped by the model's position embeddings, as training caps it; DataError if
+    it cannot hold the tokenizer's special tokens and a text (the tokenizer would not cut at all)."""
+    limit = position_limit(read_config(model_dir))
+    specials = pair_specials(Path(model_dir))
+    least = shortest_max_length(specials)
+    if max_length < least:
+        raise DataError(
+            f"--max-length {max_length} is too short for this model: its tokenizer adds "
+            f"{specials} special tokens to a text pair, so inputs would not be cut at all; pass "
+            f"at least {least}."
+        )
+    return min(max_length, limit)
+
+
+def pair_specials(model_dir: Path) -> int:
+    """How many special tokens the model's tokenizer adds to a text pair."""
+    path = model_dir / "tokenizer.json"
+    if path.is_file():
+        from tokenizers import Tokenizer
+
+        try:
+            return Tokenizer.from_file(str(path)).num_special_tokens_to_add(True)
+        except Exception as exc:  # tokenizers raises a bare Exception on bad files
+            raise ModelError(f"cannot read the tokenizer {str(path)!r}: {first_line(exc)}") from exc
+    return _slow_tokenizer(model_dir).num_special_tokens_to_add(pair=True)
 
 
 def count_truncated(model_dir: str | Path, data: TaskData, max_length: int) -> dict[str, int]:
@@ -129,17 +154,21 @@ def _length_function(model_dir: Path) -> _Lengths:
             return out
 
         return fast
-    from transformers import AutoTokenizer
-
-    try:
-        slow_tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"cannot load a tokenizer from {str(model_dir)!r}: {first_line(exc)}"
-        ) from exc
+    slow_tokenizer = _slow_tokenizer(model_dir)
 
     def slow(texts: Sequence[str], pairs: Sequence[str] | None) -> list[int]:
         encoded = slow_tokenizer(list(texts), list(pairs) if pairs else None, truncation=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
     return slow
+
+
+def _slow_tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"cannot load a tokenizer from {str(model_dir)!r}: {first_line(exc)}"
+        ) from exc

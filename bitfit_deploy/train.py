@@ -34,6 +34,7 @@ from bitfit_deploy import __version__
 from bitfit_deploy._io import check_output
 from bitfit_deploy.contract import HEAD_BIAS, HEAD_WEIGHT, PROBLEM_TYPES, check_task_name
 from bitfit_deploy.data import Columns, Split, TaskData, load_task_data
+from bitfit_deploy.data_summary import max_tokens
 from bitfit_deploy.delta import DeltaMetadata, TaskDelta, save_delta
 from bitfit_deploy.errors import DataError, ModelError
 from bitfit_deploy.merge import write_model_folder
@@ -183,7 +184,7 @@ def train(
     model = TaskModel(encoder, data.num_labels, pooling, data.problem_type)
     trainable = _freeze(model, None if config.method == "full" else set(names))
     tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-    max_length = min(config.max_length, _position_limit(encoder))
+    max_length = max_tokens(model_path, config.max_length)  # the CLI checked it before the model
     train_set = _encode(tokenizer, data.train, max_length)
     eval_set = _encode(tokenizer, data.eval, max_length) if data.eval is not None else None
     fitted: nn.Module = model
@@ -334,12 +335,6 @@ def _freeze(model: TaskModel, trainable_biases: set[str] | None) -> int:
     for param in model.head.parameters():
         param.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def _position_limit(encoder: nn.Module) -> int:
-    from bitfit_deploy.model_folder import position_limit
-
-    return position_limit(encoder.config.to_dict())
 
 
 class _Examples(torch.utils.data.Dataset):

@@ -13,9 +13,14 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from bitfit_deploy._io import _umask_mode, atomic_dir, check_output
-from bitfit_deploy.contract import HEAD_KEYS, check_task_name, graph_bias_names
+from bitfit_deploy.contract import (
+    HEAD_KEYS,
+    check_task_name,
+    graph_bias_names,
+    shortest_max_length,
+)
 from bitfit_deploy.delta import TaskDelta, check_delta_fits, load_delta
-from bitfit_deploy.errors import ExportOptionError, IncompatibleTaskError
+from bitfit_deploy.errors import ExportOptionError, IncompatibleTaskError, ModelError
 from bitfit_deploy.exporters.bake import export_baked_graph
 from bitfit_deploy.exporters.calibrate import channel_maxima, probe_inputs, read_calibration_texts
 from bitfit_deploy.exporters.graph import check_runtime_inputs, export_per_row_graph, hidden_size
@@ -27,6 +32,7 @@ from bitfit_deploy.exporters.quantize import (
     quantize_int8,
     write_range_probe,
 )
+from bitfit_deploy.json_fields import read_json_file
 from bitfit_deploy.manifest import (
     BAKED_DIR,
     BASE_FILE,
@@ -296,14 +302,33 @@ def _warn_longer_tasks(deltas: list[tuple[Path, TaskDelta]], max_length: int) ->
 
 
 def _max_length(encoder, model_path: str, requested: int | None) -> int:
+    """The bundle's max length: `--max-length`, else the Sentence Transformers setting, else
+    DEFAULT_MAX_LENGTH; within the model's positions and long enough for a pair's special tokens."""
+    from transformers import AutoTokenizer
+
     limit = position_limit(encoder.config.to_dict())
+    specials = AutoTokenizer.from_pretrained(
+        model_path, local_files_only=True
+    ).num_special_tokens_to_add(pair=True)
+    least = shortest_max_length(specials)
     if requested is not None:
-        if not 1 <= requested <= limit:
-            raise IncompatibleTaskError(
-                f"--max-length {requested} must be between 1 and {limit} for this model."
+        if not least <= requested <= limit:
+            raise ExportOptionError(
+                f"--max-length {requested} must be between {least} and {limit} for this model "
+                f"(at least its {specials} special tokens of a text pair and a token of each text; "
+                "at most its positions)."
             )
         return requested
     st = Path(model_path) / "sentence_bert_config.json"
     if st.is_file():
-        return min(int(json.loads(st.read_text()).get("max_seq_length", DEFAULT_MAX_LENGTH)), limit)
+        setting = read_json_file(st, ModelError, "the model folder is damaged")
+        seq = (
+            setting.get("max_seq_length", DEFAULT_MAX_LENGTH) if isinstance(setting, dict) else None
+        )
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < least:
+            raise ModelError(
+                f"{st}: max_seq_length is {json.dumps(seq)}, not a number of tokens of at least "
+                f"{least}; fix the file, or pass --max-length."
+            )
+        return min(seq, limit)
     return min(DEFAULT_MAX_LENGTH, limit)

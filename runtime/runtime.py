@@ -17,7 +17,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from bitfit_deploy.contract import check_task_name
+from bitfit_deploy.contract import check_task_name, shortest_max_length
 from bitfit_deploy.delta import TaskDelta, check_delta_fits, from_bytes, load_delta
 from bitfit_deploy.errors import (
     BitFitError,
@@ -129,6 +129,13 @@ class Runtime:
             self.manifest.pad_token_id,
             self.manifest.text_inputs,
         )
+        least = shortest_max_length(self._tokenizer.pair_specials)
+        if self.manifest.max_length < least:  # the tokenizer would not cut at all
+            raise BundleError(
+                f"{self.bundle_dir / MANIFEST_FILE}: max_length {self.manifest.max_length} is "
+                f"below {least}, too short for this tokenizer's special tokens and a text; "
+                "export the bundle again with a larger --max-length."
+            )
         digests = [self.manifest.files.get(f) for f in self.manifest.variant_files(variant)]
         session = create_session(  # digests verified above: the optimized-graph cache key
             model_path,
@@ -321,10 +328,12 @@ class Runtime:
     def _task_max_length(self, delta: TaskDelta, name: str, source: str) -> int:
         """Where the task's inputs are cut: as in training, capped (with a warning) by the bundle."""
         trained, bundle = delta.metadata.max_length, self.manifest.max_length
-        if trained <= self._tokenizer.pair_specials:
+        least = shortest_max_length(self._tokenizer.pair_specials)
+        if trained < least:
             raise IncompatibleTaskError(
-                f"{source} (task {name!r}) has max_length {trained}, too short to hold any text "
-                "beside the special tokens; retrain it with a larger --max-length."
+                f"{source} (task {name!r}) has max_length {trained}, too short to hold a text "
+                f"beside the special tokens (at least {least}); retrain it with a larger "
+                "--max-length."
             )
         if trained > bundle:
             log.warning(

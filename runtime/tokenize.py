@@ -78,6 +78,12 @@ class BundleTokenizer:
     def pad(self, rows: Sequence[Encoded]) -> dict[str, np.ndarray]:
         """The graph's text inputs for `rows`, padded to the longest row (int64, `[batch, seq]`)."""
         width = max(len(r) for r in rows)
+        if width > self.max_length:  # truncation did not apply: never feed past the positions
+            raise BundleError(
+                f"the bundle tokenizer returned {width} tokens, more than the bundle's max length "
+                f"{self.max_length}; its tokenizer.json does not fit the manifest. Export the "
+                "bundle again."
+            )
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
         types = np.zeros((len(rows), width), dtype=np.int64)

@@ -117,7 +117,7 @@ def test_dry_run_prints_the_summary_and_loads_no_model(tokenizer_only, tmp_path,
     monkeypatch.setattr(train_module, "load_encoder", no_model)
     out = tmp_path / "t.safetensors"
     args = [*train_args(DATA / "bad_empty_texts.jsonl", out, tokenizer_only), "--drop-empty"]
-    result = CliRunner().invoke(cli, [*args, "--dry-run", "--max-length", "4"])
+    result = CliRunner().invoke(cli, [*args, "--dry-run", "--max-length", "5"])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
         "data (single_label): text column 'text', label column 'label'",
@@ -126,7 +126,7 @@ def test_dry_run_prints_the_summary_and_loads_no_model(tokenizer_only, tmp_path,
         "  dropped: 3 rows with an empty text in column 'text' (line 2, line 3, line 4)",
         "  used: 2 rows",
         "  rows per label: 0=1, 1=1",
-        "  longer than 4 tokens (truncated): 2 rows (100.0%)",
+        "  longer than 5 tokens (truncated): 0 rows (0.0%)",
         "dry run: the data reads cleanly; stopped before loading the model.",
     ]
     assert not out.exists()
@@ -194,7 +194,7 @@ def test_training_prints_the_summary_first(tiny_models, toy_tsv, tmp_path):
     model_type=st.sampled_from(["bert", "roberta", "xlm-roberta", "distilbert", "electra"]),
     positions=st.integers(min_value=8, max_value=4096),
     pad=st.one_of(st.none(), st.integers(min_value=0, max_value=4)),
-    requested=st.integers(min_value=1, max_value=8192),
+    requested=st.integers(min_value=5, max_value=8192),
 )
 def test_one_position_limit_for_summary_training_and_export(model_type, positions, pad, requested):
     """The data summary, training and export read one limit; RoBERTa-style models keep pad + 1
@@ -212,4 +212,22 @@ def test_one_position_limit_for_summary_training_and_export(model_type, position
     assert position_limit(hf) == positions - offset
     with tempfile.TemporaryDirectory() as folder:
         Path(folder, "config.json").write_text(json.dumps(config))
+        shutil.copy(packaged_model_dir() / "tokenizer.json", folder)
         assert max_tokens(folder, requested) == min(requested, positions - offset)
+
+
+@settings(max_examples=20, deadline=None)
+@given(max_length=st.integers(min_value=1, max_value=12))
+def test_train_refuses_a_max_length_that_cannot_hold_a_text(tokenizer_only, max_length):
+    """BERT's pair is [CLS] a [SEP] b [SEP]: below 5 the tokenizer cuts nothing, so train (dry
+    run or not, before loading the model) refuses it, naming the least it takes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "t.safetensors"
+        args = train_args(DATA / "clean_glue_style.tsv", out, tokenizer_only)
+        result = CliRunner().invoke(cli, [*args, "--dry-run", "--max-length", str(max_length)])
+    if max_length < 5:
+        assert result.exit_code != 0
+        assert f"--max-length {max_length} is too short" in result.output
+        assert "pass at least 5" in result.output
+    else:
+        assert result.exit_code == 0, result.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from export_helpers import TEXTS, graph_feeds, reference, run, session, tokenize, write_deltas
@@ -14,7 +16,7 @@ from bitfit_deploy.errors import (
     DeltaFormatError,
     ExportOptionError,
     FingerprintMismatchError,
-    IncompatibleTaskError,
+    ModelError,
     NoBiasError,
     OutputExistsError,
     UnsupportedArchitectureError,
@@ -199,10 +201,11 @@ def test_bad_options(tiny_models, deltas, tmp_path):
         export_bundle(
             tmp_path / "b", model=str(tiny_models("bert")), tasks=[deltas[1][0][0]], bake=["nope"]
         )
-    with pytest.raises(
-        IncompatibleTaskError, match="--max-length 100000 must be between 1 and 128"
-    ):
-        export_bundle(tmp_path / "c", model=str(tiny_models("bert")), max_length=100_000)
+    for bad in (100_000, 129, 4, 1, 0, -3):  # BERT: [CLS] a [SEP] b [SEP] needs at least 5
+        with pytest.raises(
+            ExportOptionError, match=f"--max-length {bad} must be between 5 and 128"
+        ):
+            export_bundle(tmp_path / "c", model=str(tiny_models("bert")), max_length=bad)
     assert not list(tmp_path.iterdir())
 
 
@@ -296,3 +299,43 @@ def test_a_task_trained_longer_than_the_bundle_reads_is_warned_about(
     with caplog.at_level("WARNING", logger="bitfit_deploy.export"):
         export_bundle(tmp_path / "same", model=str(tiny_models("bert")), tasks=[path])
     assert "trained on inputs" not in caplog.text
+
+
+def test_the_shortest_max_length_cuts_every_input(tiny_models, deltas, tmp_path):
+    """At the least max length the bundle takes, every input is cut: none runs past it."""
+    from bitfit_deploy.runtime import Runtime
+
+    path, _ = deltas[1][0]
+    manifest = export_bundle(
+        tmp_path / "b", model=str(tiny_models("bert")), tasks=[path], max_length=5
+    )
+    assert manifest.max_length == 5
+    rt = Runtime(tmp_path / "b", threads=1)
+    long = "word " * 400  # beyond the tiny model's 128 positions
+    out = rt.predict("task0", [long, (long, long), ("a", long), "short"])
+    assert [p.truncated for p in out] == [True, True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [('{"max_seq_length": 64}', 64), ('{"max_seq_length": 4096}', 128), ("{}", 128)],
+)
+def test_a_sentence_transformers_max_length_is_read_within_the_positions(
+    tiny_models, tmp_path, setting, expected
+):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models("bert"), model)
+    (model / "sentence_bert_config.json").write_text(setting)
+    assert export_bundle(tmp_path / "b", model=str(model)).max_length == expected
+
+
+@pytest.mark.parametrize(
+    "setting", ['{"max_seq_length": "abc"}', '{"max_seq_length": 2}', "[1]", "{not json"]
+)
+def test_a_damaged_sentence_transformers_setting_is_one_line(tiny_models, tmp_path, setting):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models("bert"), model)
+    (model / "sentence_bert_config.json").write_text(setting)
+    with pytest.raises(ModelError, match="sentence_bert_config.json"):
+        export_bundle(tmp_path / "b", model=str(model))
+    assert not (tmp_path / "b").exists()

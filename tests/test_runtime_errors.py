@@ -202,3 +202,34 @@ def test_cuda_unavailable_is_clear(bundle):
 def test_bad_batch_size(bundle):
     with pytest.raises(InvalidInputError, match="max_batch_size"):
         Runtime(bundle, max_batch_size=0)
+
+
+@pytest.mark.parametrize("max_length", [1, 2, 4])
+def test_a_bundle_too_short_for_its_tokenizer_is_refused(bundle, tmp_path, max_length):
+    """Below a pair's special tokens plus a token of each text the tokenizer cuts nothing, and
+    long inputs would run past the positions (an ONNX Runtime traceback): refused at open."""
+    import json
+
+    from click.testing import CliRunner
+
+    from bitfit_deploy.cli import cli
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["max_length"] = max_length
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=f"max_length {max_length} is below 5"):
+        Runtime(copy, threads=1)
+    verified = CliRunner().invoke(cli, ["verify", str(copy)])
+    assert verified.exit_code != 0 and f"max_length {max_length} is below 5" in verified.output
+
+
+def test_the_tokenizer_never_feeds_more_than_the_max_length(bundle):
+    """Should truncation not apply, padding refuses rather than run past the graph's positions."""
+    from bitfit_deploy.runtime.tokenize import BundleTokenizer
+
+    tokenizer = BundleTokenizer(bundle / "tokenizer.json", 1, 0, ["input_ids"])
+    rows = tokenizer.encode(["word " * 300])
+    with pytest.raises(BundleError, match="more than the bundle's max length 1"):
+        tokenizer.pad(rows)
