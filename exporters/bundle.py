@@ -25,6 +25,7 @@ from bitfit_deploy.exporters.bake import export_baked_graph
 from bitfit_deploy.exporters.calibrate import channel_maxima, probe_inputs, read_calibration_texts
 from bitfit_deploy.exporters.graph import check_runtime_inputs, export_per_row_graph, hidden_size
 from bitfit_deploy.exporters.quantize import (
+    INT8_MIN_OPSET,
     QUANTIZATIONS,
     SMOOTHING_ALPHA,
     check_int8_activations,
@@ -58,6 +59,8 @@ from bitfit_deploy.runtime.registry import BiasLayout, prepare_task
 from bitfit_deploy.runtime.tokenize import BundleTokenizer
 
 DEFAULT_MAX_LENGTH = 256
+OPSETS = (10, 23)
+"""The ONNX opsets export is tested with (first, last); int8 needs INT8_MIN_OPSET or newer."""
 log = logging.getLogger("bitfit_deploy.export")
 
 
@@ -91,6 +94,7 @@ def export_bundle(
             f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}."
         )
     check_int8_activations(int8_activations)
+    _check_opset(opset, quantize)
     static_int8 = quantize == "int8" and int8_activations == "static"
     if calibration is not None and not static_int8:
         raise ExportOptionError(
@@ -299,6 +303,16 @@ def _warn_longer_tasks(deltas: list[tuple[Path, TaskDelta]], max_length: int) ->
                 max_length,
                 trained,
             )
+
+
+def _check_opset(opset: int, quantize: str | None) -> None:
+    least = INT8_MIN_OPSET if quantize == "int8" else OPSETS[0]
+    if isinstance(opset, bool) or not isinstance(opset, int) or not least <= opset <= OPSETS[1]:
+        raise ExportOptionError(
+            f"--opset {opset} must be between {least} and {OPSETS[1]}"
+            + (" for --quantize int8" if quantize == "int8" else "")
+            + " (the opsets export is tested with); the default is 17."
+        )
 
 
 def _max_length(encoder, model_path: str, requested: int | None) -> int:

@@ -44,6 +44,8 @@ from bitfit_deploy.errors import ExportError, ExportOptionError
 from bitfit_deploy.manifest import CLIPPED_OUTPUT_PREFIX, INT8_ACTIVATIONS
 
 QUANTIZATIONS = ("int8",)
+INT8_MIN_OPSET = 15
+"""The int8 graph's per-axis QuantizeLinear and reductions need this ONNX opset or newer."""
 SMOOTHING_ALPHA = 0.8
 """How much of each activation channel's range moves into the weights. Measured on 8 tasks
 (calibrated on the shipped samples, base biases only): 0.8-1.0 keep every task within 0.5 points
@@ -226,9 +228,10 @@ def _opset(model) -> int:  # noqa: ANN001
 
 def _check_opset(model) -> int:  # noqa: ANN001
     opset = _opset(model)
-    if opset < 15:
+    if opset < INT8_MIN_OPSET:
         raise ExportError(
-            f"int8 export needs ONNX opset 15 or newer; this graph has {opset}. Export with --opset 17."
+            f"int8 export needs ONNX opset {INT8_MIN_OPSET} or newer; this graph has {opset}. "
+            "Export with --opset 17."
         )
     return opset
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from export_helpers import TEXTS, graph_feeds, reference, run, session, tokenize, write_deltas
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
 from bitfit_deploy import modeling
@@ -31,6 +35,11 @@ def deltas(tiny_models, tmp_path_factory):
     """Three random tasks (2, 3, 5 labels) on the tiny BERT, saved as delta files."""
     encoder, _ = modeling.load_encoder(str(tiny_models("bert")))
     return encoder, write_deltas(encoder, tmp_path_factory.mktemp("deltas"))
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tiny_models) -> str:
+    return str(tiny_models("bert"))
 
 
 @pytest.fixture(scope="module")
@@ -339,3 +348,30 @@ def test_a_damaged_sentence_transformers_setting_is_one_line(tiny_models, tmp_pa
     with pytest.raises(ModelError, match="sentence_bert_config.json"):
         export_bundle(tmp_path / "b", model=str(model))
     assert not (tmp_path / "b").exists()
+
+
+@settings(max_examples=40, deadline=None)
+@given(opset=st.integers(min_value=-3, max_value=40), int8=st.booleans())
+def test_an_opset_outside_the_tested_range_is_one_line(tiny_bert_dir, opset, int8):
+    """Outside 10-23 (15-23 with int8) export refuses the opset before loading the model; it
+    was torch's traceback (opset 5: a Slice error, 99: 'Unsupported onnx_opset_version')."""
+    least = 15 if int8 else 10
+    if least <= opset <= 23:
+        return  # exported below, at the boundaries
+    with tempfile.TemporaryDirectory() as tmp:
+        with pytest.raises(
+            ExportOptionError, match=f"--opset {opset} must be between {least} and 23"
+        ):
+            export_bundle(
+                Path(tmp) / "b", model=tiny_bert_dir, opset=opset, quantize="int8" if int8 else None
+            )
+        assert not (Path(tmp) / "b").exists()
+
+
+@pytest.mark.parametrize(("opset", "quantize"), [(10, None), (23, None), (15, "int8")])
+def test_the_opset_range_boundaries_export_and_serve(tiny_models, tmp_path, opset, quantize):
+    from bitfit_deploy.runtime import Runtime
+
+    export_bundle(tmp_path / "b", model=str(tiny_models("bert")), opset=opset, quantize=quantize)
+    rt = Runtime(tmp_path / "b", threads=1, variant=quantize or "fp32", load_bundle_tasks=False)
+    assert rt.manifest.variants
