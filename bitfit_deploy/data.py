@@ -225,7 +225,16 @@ def _resolve_columns(columns: Columns, found: list[str], source: str) -> dict[st
     pair_guess = [PAIR_CANDIDATES[text]] if columns.text is None and text in PAIR_CANDIDATES else []
     pair = pick("pair", columns.pair, pair_guess, "--text-pair-column")
     label = pick("label", columns.label, LABEL_CANDIDATES, "--label-column")
-    return {"text": text, "pair": pair, "label": label}
+    roles = {"text": text, "pair": pair, "label": label}
+    options = {"text": "--text-column", "pair": "--text-pair-column", "label": "--label-column"}
+    for first, second in (("text", "pair"), ("text", "label"), ("pair", "label")):
+        if roles[first] is not None and roles[first] == roles[second]:
+            raise DataError(
+                f"{source}: column {roles[first]!r} would be both the {first} and the {second}; "
+                f"each needs its own column (the columns found are {listing}). Pass "
+                f"{options[first]} and {options[second]} with two different columns."
+            )
+    return roles
 
 
 @dataclass

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bitfit_deploy.data import Columns, load_task_data, read_table
 from bitfit_deploy.errors import DataError
@@ -110,6 +112,76 @@ def test_missing_column_lists_the_columns_found(tmp_path):
         load_task_data(path)
     with pytest.raises(DataError, match=r"no label column 'lable'.*'review', 'stars'"):
         load_task_data(path, columns=Columns(text="review", label="lable"))
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    roles=st.tuples(*[st.one_of(st.none(), st.sampled_from(["a", "b", "c"]))] * 3),
+    by_index=st.booleans(),
+)
+def test_one_column_in_two_roles_is_refused(tmp_path, roles, by_index):
+    """Any two roles (text, pair, label) given the same column are refused, naming it, by name
+    or by index; distinct columns read as given."""
+    path = write(tmp_path / "t.tsv", "a\tb\tc\nx y\tp q\t1\nz w\tr s\t0\n")
+    index = {"a": "0", "b": "1", "c": "2"}
+    text, pair, label = (None if r is None else index[r] if by_index else r for r in roles)
+    given = [r for r in roles if r is not None]
+    if text is None or label is None:  # a, b, c are no names the reader guesses
+        with pytest.raises(DataError, match="cannot tell which column"):
+            load_task_data(path, columns=Columns(text=text, pair=pair, label=label))
+    elif len(given) != len(set(given)):
+        with pytest.raises(DataError, match=r"column '\w' would be both the \w+ and the \w+"):
+            load_task_data(path, columns=Columns(text=text, pair=pair, label=label))
+    else:
+        data = load_task_data(path, columns=Columns(text=text, pair=pair, label=label))
+        cells = {"a": ["x y", "z w"], "b": ["p q", "r s"], "c": ["1", "0"]}
+        if by_index:  # columns by index: the file has no header, its first line is a row
+            cells = {name: [name, *values] for name, values in cells.items()}
+        assert data.train.texts == cells[roles[0]]
+        assert data.train.pairs == (None if pair is None else cells[roles[1]])
+
+
+@pytest.mark.parametrize(
+    ("header", "columns", "message"),
+    [
+        (
+            "sentence\tlabel",
+            Columns(text="label"),
+            "column 'label' would be both the text and the label",
+        ),
+        (
+            "sentence\tlabel",
+            Columns(label="sentence"),
+            "column 'sentence' would be both the text and the label",
+        ),
+        (
+            "sentence1\tsentence2\tlabel",
+            Columns(pair="sentence1"),
+            "column 'sentence1' would be both the text and the pair",
+        ),
+        ("sentence1\tsentence2\tlabel", Columns(text="sentence2"), None),  # no pair guessed then
+    ],
+)
+def test_a_given_column_clashing_with_a_guessed_one_is_refused(tmp_path, header, columns, message):
+    """`--text-column label` on a file with a 'label' column trained on the label itself (and
+    `eval` scored a perfect 1.0); a guessed role counts as much as a given one."""
+    width = header.count("\t")
+    path = write(
+        tmp_path / "t.tsv",
+        header
+        + "\n"
+        + "\t".join(["a b"] * width + ["1"])
+        + "\n"
+        + "\t".join(["c d"] * width + ["0"])
+        + "\n",
+    )
+    if message is None:
+        assert load_task_data(path, columns=columns).train.texts == ["a b", "c d"]
+    else:
+        with pytest.raises(DataError, match=message):
+            load_task_data(path, columns=columns)
 
 
 def test_mixed_names_and_indexes_refused(tmp_path):

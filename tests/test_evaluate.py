@@ -126,6 +126,14 @@ def test_eval_reads_as_training_does_quoting_and_empty_rows(bundle, trained, tmp
     assert "2 rows" in capsys.readouterr().out
 
 
+def test_eval_refuses_the_label_column_as_the_text(bundle, trained, capsys):
+    """`eval --text-column label` scored the label itself: a perfect, meaningless accuracy."""
+    deltas, files = trained
+    args = ["eval", "--bundle", str(bundle), "--task", str(deltas["bitfit"])]
+    assert run_cli([*args, "--data", str(files["dev"]), "--text-column", "label"]) == 1
+    assert "column 'label' would be both the text and the label" in capsys.readouterr().err
+
+
 def test_task_name_not_in_bundle_says_what_to_pass(bundle, trained, capsys):
     _, files = trained
     args = ["eval", "--bundle", str(bundle), "--task", "nope", "--data", str(files["dev"])]
