@@ -26,20 +26,28 @@ from bitfit_deploy.errors import (
     InvalidInputError,
     TaskNotFoundError,
 )
-from bitfit_deploy.integrity import verify_bundle
+from bitfit_deploy.integrity import VERIFY_MODES, verify_bundle
 from bitfit_deploy.manifest import (
     BASE_FILE,
     MANIFEST_FILE,
     TOKENIZER_FILE,
+    VARIANT_FILES,
     Manifest,
     read_manifest,
+)
+from bitfit_deploy.runtime.arguments import (
+    MOST_BATCH,
+    MOST_THREADS,
+    check_count,
+    check_flag,
+    check_text,
 )
 from bitfit_deploy.runtime.batching import plan_runs
 from bitfit_deploy.runtime.engine import BoundEngine, HostEngine, check_graph_inputs
 from bitfit_deploy.runtime.inputs import check_input, describe
 from bitfit_deploy.runtime.int8_ranges import CheckResult, RangeChecker, RangeProbe, warn_if_clipped
-from bitfit_deploy.runtime.parallel import RowSlices, resolve_parallel
-from bitfit_deploy.runtime.providers import create_session
+from bitfit_deploy.runtime.parallel import PARALLEL_MODES, RowSlices, resolve_parallel
+from bitfit_deploy.runtime.providers import PROVIDERS, create_session
 from bitfit_deploy.runtime.registry import (
     BiasLayout,
     LoadedTask,
@@ -105,10 +113,21 @@ class Runtime:
         check_int8_ranges: bool = True,
         parallel: str = "auto",
     ) -> None:
+        check_text("provider", provider, tuple(PROVIDERS))
+        check_text("variant", variant, tuple(VARIANT_FILES))
+        check_text("verify", verify, VERIFY_MODES)
+        check_text("parallel", parallel, PARALLEL_MODES)
+        check_count("threads", threads, MOST_THREADS, optional=True)
+        check_count("max_batch_size", max_batch_size, MOST_BATCH)
+        for flag, value in (
+            ("load_bundle_tasks", load_bundle_tasks),
+            ("spin_wait", spin_wait),
+            ("check_int8_ranges", check_int8_ranges),
+        ):
+            check_flag(flag, value)
+        check_flag("io_binding", io_binding, optional=True)
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = read_manifest(self.bundle_dir, verify=False)
-        if max_batch_size < 1:
-            raise InvalidInputError(f"max_batch_size must be at least 1, got {max_batch_size}.")
         self.max_batch_size = max_batch_size
         bound = provider != "cpu" if io_binding is None else io_binding
         # "ops" or "rows": what `parallel` resolved to (see runtime/parallel.py).

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from runtime_fixtures import SENTENCES, synthetic_delta
 
 from bitfit_deploy.delta import save_delta, to_bytes
@@ -233,3 +235,42 @@ def test_the_tokenizer_never_feeds_more_than_the_max_length(bundle):
     rows = tokenizer.encode(["word " * 300])
     with pytest.raises(BundleError, match="more than the bundle's max length 1"):
         tokenizer.pad(rows)
+
+
+ODD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=5),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+)
+ARGUMENTS = {  # argument -> what it accepts
+    "threads": lambda v: v is None or (type(v) is int and 1 <= v <= 4096),
+    "max_batch_size": lambda v: type(v) is int and 1 <= v <= 65536,
+    "provider": lambda v: v == "cpu",
+    "variant": lambda v: v == "fp32",
+    "verify": lambda v: v in ("cached", "loaded", "full"),
+    "parallel": lambda v: v in ("auto", "ops", "rows"),
+    "load_bundle_tasks": lambda v: isinstance(v, bool),
+    "spin_wait": lambda v: isinstance(v, bool),
+    "check_int8_ranges": lambda v: isinstance(v, bool),
+    "io_binding": lambda v: v is None or isinstance(v, bool),
+}
+
+
+@settings(max_examples=80, deadline=None)
+@given(argument=st.sampled_from(sorted(ARGUMENTS)), value=ODD_VALUES)
+def test_a_runtime_argument_of_the_wrong_type_or_range_is_named(bundle, argument, value):
+    """`threads="2"`, `threads=2.5` or `max_batch_size="8"` were TypeErrors from deep inside
+    (one a pybind dump); `threads=True` ran one thread. Each is now an InvalidInputError naming
+    the argument; values it accepts still open."""
+    if ARGUMENTS[argument](value):
+        if argument in ("threads", "max_batch_size") and value is not None and value > 4:
+            return  # accepted; opening with thousands of threads proves nothing more
+        Runtime(bundle, **{"threads": 1, argument: value})
+        return
+    with pytest.raises((InvalidInputError, ProviderUnavailableError, BundleError)) as caught:
+        Runtime(bundle, **{argument: value})
+    assert argument in str(caught.value) or isinstance(caught.value, ProviderUnavailableError)
