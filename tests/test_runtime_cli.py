@@ -6,6 +6,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from runtime_fixtures import LONG_TEXT, synthetic_delta
 
 from bitfit_deploy.cli import cli
@@ -97,17 +99,50 @@ def test_output_line_n_answers_input_line_n_and_a_tab_is_text_for_a_single_text_
     assert result.exit_code == 1 and "3 of 9 inputs could not be predicted" in result.stderr
 
 
-def test_a_pair_task_reads_text_tab_text_pair_and_refuses_a_line_without_a_tab(setup, tmp_path):
-    (tmp_path / "in.txt").write_text("a premise\ta hypothesis\nno tab here\na\tb\tc\n")
+def test_a_pair_task_reads_text_tab_text_pair_and_refuses_a_line_without_one_tab(setup, tmp_path):
+    (tmp_path / "in.txt").write_text("a premise\ta hypothesis\nno tab here\na\tb\tc\nx\ty\n")
     result = predict(setup, "pair", "--input", str(tmp_path / "in.txt"), "an argument")
     rows = _lines(result.stdout)
     assert rows[0] == {"argument": 1, "error": "invalid_input", "detail": rows[0]["detail"]}
     assert "has no tab" in rows[0]["detail"] and rows[2]["line"] == 2
-    want = runtime_for(setup, "pair").predict(
-        "pair", [("a premise", "a hypothesis"), ("a", "b\tc")]
-    )
-    assert [rows[1], rows[3]] == [p.to_dict() for p in want]
+    assert rows[3]["line"] == 3 and "has 2 tabs" in rows[3]["detail"]  # not ("a", "b\tc")
+    want = runtime_for(setup, "pair").predict("pair", [("a premise", "a hypothesis"), ("x", "y")])
+    assert [rows[1], rows[4]] == [p.to_dict() for p in want]
     assert result.exit_code == 1
+
+
+TEXTS = st.text(alphabet=st.sampled_from("ab \t\u3000\u00a0"), max_size=4)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(texts=st.lists(st.tuples(TEXTS, TEXTS), min_size=1, max_size=5))
+def test_every_input_form_refuses_an_empty_or_blank_text_alike(setup, texts):
+    """A blank text (or text_pair) is an error line in arguments, text lines and JSON lines
+    alike; it was refused in arguments and text lines but predicted from JSONL and pair lines."""
+    from bitfit_deploy.commands._inputs import read_rows, text_row
+
+    for a, b in texts:
+        line = f"{a}\t{b}"
+        rows = [
+            text_row("argument", 1, line, "pair"),
+            *read_rows([line.encode()], "text", "pair"),
+            *read_rows([json.dumps({"text": a, "text_pair": b}).encode()], "jsonl", "pair"),
+        ]
+        blank = not a.strip() or not b.strip()
+        many_tabs = "\t" in a or "\t" in b
+        for row in rows[2:] if many_tabs else rows:  # JSONL texts may hold tabs
+            assert (row.error is not None) == blank, (row, a, b)
+            if not blank:
+                assert row.item == (a, b)
+        for row in rows[:2] if many_tabs else []:  # not one tab, or blank altogether
+            assert row.error is not None and ("tabs" in row.error or not line.strip())
+        singles = [
+            text_row("argument", 1, a, "single"),
+            *read_rows([json.dumps(a).encode()], "jsonl", "single"),
+        ]
+        assert all((r.error is not None) == (not a.strip()) for r in singles)
 
 
 def test_jsonl_input_gives_pairs_by_field_and_keeps_the_line_mapping(setup, tmp_path):

@@ -2,10 +2,10 @@
 
 Lines are split at "\\n" only (a "\\r" before it is dropped), so a form feed or U+2028 inside a
 text never adds a line. A text line is one input; for a task trained on pairs it is
-`text<TAB>text_pair`, split at the first tab, and for any other task a tab is just text. A JSONL
+`text<TAB>text_pair` with exactly one tab, and for any other task a tab is just text. A JSONL
 line is `{"text": ..., "text_pair": ...}` (`text_pair` optional) or a JSON string. A line that
-cannot be an input (empty, not UTF-8, not JSON, no tab for a pair task) becomes a `Row` with an
-error instead, and keeps its place.
+cannot be an input (not UTF-8, not JSON, not one tab for a pair task, or a text of it empty or
+blank, in any form) becomes a `Row` with an error instead, and keeps its place.
 """
 
 from __future__ import annotations
@@ -62,39 +62,50 @@ def read_rows(lines: list[bytes], fmt: str, inputs: str) -> list[Row]:
 
 def text_row(source: str, number: int, text: str, inputs: str) -> Row:
     """A text input: `text<TAB>text_pair` for a pair task, else the whole text."""
-    if not text.strip():
-        return _bad(source, number, "is empty; there is no text to predict")
     if inputs != "pair":
-        return Row(source, number, text)
-    if "\t" not in text:
+        return _row(source, number, text)
+    tabs = text.count("\t")
+    if tabs != 1 and text.strip():
         return _bad(
             source,
             number,
-            "has no tab, but the task takes (text, text_pair) pairs: write text<TAB>text_pair, "
-            "or use JSONL with 'text' and 'text_pair' fields",
+            f"has {tabs or 'no'} tab{'s' * (tabs != 1)}, but the task takes (text, text_pair) "
+            "pairs: write text<TAB>text_pair with one tab, or use JSONL with 'text' and "
+            "'text_pair' fields (a text may hold tabs there)",
         )
-    first, second = text.split("\t", 1)
-    return Row(source, number, (first, second))
+    return _row(source, number, tuple(text.split("\t")) if tabs == 1 else text)
 
 
 def _jsonl_row(text: str, number: int) -> Row:
     if not text.strip():
-        return _bad("line", number, "is empty; there is no text to predict")
+        return _row("line", number, text)
     try:
         value = json.loads(text)
     except (ValueError, RecursionError) as exc:
         return _bad("line", number, f"is not JSON ({exc})")
     if isinstance(value, str):
-        return Row("line", number, value)
+        return _row("line", number, value)
     shape = 'a JSON object {"text": ..., "text_pair": ...} (text_pair optional) or a JSON string'
     if not isinstance(value, dict) or not isinstance(value.get("text"), str):
         return _bad("line", number, f"must be {shape}")
     pair = value.get("text_pair")
     if pair is None:
-        return Row("line", number, value["text"])
+        return _row("line", number, value["text"])
     if not isinstance(pair, str):
         return _bad("line", number, f"has a 'text_pair' that is not a string; it must be {shape}")
-    return Row("line", number, (value["text"], pair))
+    return _row("line", number, (value["text"], pair))
+
+
+def _row(source: str, number: int, item: TextInput) -> Row:
+    """The input, unless a text of it is empty or blank: every input form refuses those alike."""
+    if isinstance(item, str):
+        if not item.strip():
+            return _bad(source, number, "is empty; there is no text to predict")
+        return Row(source, number, item)
+    for part, text in zip(("text", "text_pair"), item, strict=True):
+        if not text.strip():
+            return _bad(source, number, f"has an empty {part}; there is no text to predict")
+    return Row(source, number, item)
 
 
 def _bad(source: str, number: int, why: str) -> Row:
