@@ -70,10 +70,21 @@ def _spelling(value: Any) -> str:
 
 
 def multi_values(value: Any) -> list[Any]:
-    """The labels of one multi-label cell: a list as is, a string split at commas."""
+    """The labels of one multi-label cell: a list as is, a string split at commas (a blank
+    cell: no label)."""
     if isinstance(value, (list, tuple)):
         return list(value)
-    return [p for p in str(value).split(",") if p.strip()]
+    text = str(value)
+    return text.split(",") if text.strip() else []
+
+
+def _multi_problem(part: Any) -> str | None:
+    """Why one label of a multi-label row cannot be a label name, else None."""
+    if isinstance(part, str) and not part.strip():
+        return "an empty label"
+    if isinstance(part, str) and "," in part:
+        return f"the label {part.strip()!r}, whose comma separates labels in a TSV or CSV cell"
+    return None
 
 
 class LabelReader:
@@ -97,6 +108,13 @@ class LabelReader:
         for i, value in enumerate(raw):
             names = []
             for part in multi_values(value) if self.multi else [value]:
+                problem = _multi_problem(part) if self.multi else None
+                if problem is not None:
+                    raise DataError(
+                        f"{source}: {where(i)} has {problem} (labels {value!r}); write the labels "
+                        'of a row as "a,b" in a cell or ["a", "b"] in JSON, each a non-empty '
+                        "name without a comma."
+                    )
                 if isinstance(part, (list, tuple, dict)):
                     raise DataError(
                         f"{source}: {where(i)} has the label {value!r}, a "

@@ -101,6 +101,39 @@ def test_multi_label_from_lists_and_comma_strings(tmp_path):
         assert data.train.labels == [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
 
 
+LABEL_NAMES = st.text(alphabet=st.sampled_from("xy, "), max_size=3)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(rows=st.lists(st.lists(LABEL_NAMES, max_size=3), min_size=2, max_size=4))
+def test_a_multi_label_row_with_an_empty_or_comma_label_is_refused(tmp_path, rows):
+    """["a", ""] made the label "", and ["a,b"] a label no TSV or CSV cell can name: both are
+    refused, naming the row, in JSON lists and in comma-separated cells alike."""
+    lines = [json.dumps({"text": f"t{i}", "labels": labels}) for i, labels in enumerate(rows)]
+    jsonl = write(tmp_path / "m.jsonl", "\n".join(lines) + "\n")
+    cells = [",".join(labels) for labels in rows]
+    tsv = write(
+        tmp_path / "m.tsv",
+        "text\tlabels\n" + "".join(f"t{i}\t{c}\n" for i, c in enumerate(cells)),
+    )
+    list_bad = any(not x.strip() or "," in x for labels in rows for x in labels)
+    cell_bad = any(c.strip() and any(not p.strip() for p in c.split(",")) for c in cells)
+    for path, bad in ((jsonl, list_bad), (tsv, cell_bad)):
+        try:
+            data = load_task_data(path, problem_type="multi_label")
+        except DataError as exc:
+            if "empty label" in str(exc) or "comma" in str(exc):
+                assert bad, (path.name, rows, exc)
+                assert "line " in str(exc) or "row " in str(exc)
+                continue
+            assert "no rows" in str(exc) or "label" in str(exc), exc  # e.g. no label at all
+            continue
+        assert not bad, (path.name, rows)
+        assert all(name.strip() and "," not in name for name in data.labels)
+
+
 def test_numeric_labels_sort_numerically(tmp_path):
     path = write(tmp_path / "n.tsv", "text\tlabel\n" + "".join(f"t{i}\t{i}\n" for i in (10, 2, 1)))
     assert load_task_data(path).labels == ["1", "2", "10"]
