@@ -56,7 +56,9 @@ class EvalReport:
     seconds: float
     """Wall-clock time of the predictions (tokenizing included)."""
     truncated: int
-    """Inputs cut at the bundle's max length."""
+    """Inputs cut at `max_length`."""
+    max_length: int = 0
+    """Tokens an input keeps, as served: the task's max length capped by the bundle's."""
     compare_torch: dict[str, Any] | None = None
     dropped: dict[str, list[str]] = field(default_factory=dict)
     """With `drop_empty`: why rows were skipped -> where (not scored)."""
@@ -152,6 +154,7 @@ def evaluate(
         confusion=scored["confusion"],
         seconds=seconds,
         truncated=truncated,
+        max_length=rt.tasks[name].max_length,
         dropped=dict(split.report.dropped) if split.report is not None else {},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         logits=logits,
@@ -304,7 +307,7 @@ def compare_with_torch(
                 split.texts[start:end],
                 pairs,
                 truncation=True,
-                max_length=manifest.max_length,
+                max_length=report.max_length or manifest.max_length,  # cut where the runtime cut
                 padding=True,
                 return_tensors="pt",
             )

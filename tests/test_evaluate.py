@@ -87,6 +87,26 @@ def test_cli_report_matches_the_torch_reference(tiny_bert, bundle, trained, tmp_
     assert run_cli([*args[:-5], "--force"]) == 0
 
 
+def test_the_torch_reference_cuts_where_the_runtime_does(tiny_bert, bundle, trained, tmp_path):
+    """The task reads 16 tokens, the bundle 128: the reference cut at the bundle's length, so
+    long rows showed a false fp32 difference of about 1e-2 against the served logits."""
+    from bitfit_deploy.evaluate import compare_with_torch
+    from bitfit_deploy.manifest import read_manifest
+
+    delta = synthetic_delta(read_manifest(bundle), "short", seed=3)  # a head large enough to see
+    delta.metadata.max_length = 16
+    path = save_delta(delta, tmp_path / "short.safetensors")
+    long = tmp_path / "long.tsv"
+    words = "good film " * 30
+    long.write_text(
+        f"sentence\tlabel\n{words}\tpositive\nbad {words}\tnegative\nshort one\tpositive\n"
+    )
+    report = evaluate(bundle, str(path), long, progress=False, threads=1)
+    assert report.max_length == 16 and report.truncated == 2
+    cmp = compare_with_torch(report, bundle, str(path), long, model=str(tiny_bert), progress=False)
+    assert cmp["max_abs_logit_diff"] < 1e-4
+
+
 def test_head_delta_is_a_task_of_any_bundle_of_its_base(bundle, trained):
     """The head-only delta has no biases; it still runs on a bundle exported without it."""
     deltas, files = trained
