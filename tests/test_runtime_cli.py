@@ -207,3 +207,38 @@ def test_predict_parallel_modes_answer_alike(setup, tmp_path, parallel):
 def test_predict_refuses_an_unknown_parallel_mode(setup):
     result = predict(setup, "mood", "--parallel", "cores", "hello")
     assert result.exit_code == 2 and "'cores' is not one of 'auto', 'ops', 'rows'" in result.output
+
+
+@pytest.mark.parametrize("name", ["in.JSONL", "in.json", "in.ndjson", "in.Jsonl", "in.txt"])
+def test_json_lines_are_read_as_such_by_name_in_any_case_or_by_content(setup, tmp_path, name):
+    """`x.JSONL`, `x.json` and `x.ndjson` were read as text: the raw JSON line was scored as a
+    sentence, silently. A file (or stdin) whose every line is a JSON object with a "text" reads
+    as JSON lines too, and says so."""
+    (tmp_path / name).write_text('{"text": "good"}\n{"text": "a dull film"}\n')
+    result = predict(setup, "single", "--input", str(tmp_path / name))
+    want = runtime_for(setup, "single").predict("single", ["good", "a dull film"])
+    assert _lines(result.stdout) == [p.to_dict() for p in want]
+    assert ("reading --input as JSON lines" in result.stderr) == (name == "in.txt")
+    plain = predict(setup, "single", "--input", str(tmp_path / name), "--input-format", "text")
+    assert _lines(plain.stdout)[0] != want[0].to_dict()
+
+
+@settings(max_examples=40, deadline=None)
+@given(lines=st.lists(st.text(max_size=12), min_size=1, max_size=4))
+def test_a_plain_text_file_is_never_guessed_as_json_lines(lines):
+    """Only lines that are all JSON objects with a "text" read as JSON lines."""
+    from bitfit_deploy.commands._inputs import guess_format
+
+    raw = [line.replace("\n", " ").encode("utf-8", "surrogatepass") for line in lines]
+    every_object = all(
+        not r.strip() or (r.lstrip().startswith(b"{") and _is_text_object(r)) for r in raw
+    ) and any(r.strip() for r in raw)
+    assert guess_format("in.txt", raw) == ("jsonl" if every_object else "text")
+
+
+def _is_text_object(raw: bytes) -> bool:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and "text" in value

@@ -40,6 +40,34 @@ def split_lines(data: bytes) -> list[bytes]:
     return [line.removesuffix(b"\r") for line in lines]
 
 
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+
+def is_json_lines_name(name: object) -> bool:
+    """True for a file name ending .jsonl, .ndjson or .json, in any case."""
+    return isinstance(name, str) and name.lower().endswith(JSON_LINES_SUFFIXES)
+
+
+def guess_format(name: object, lines: list[bytes]) -> str:
+    """ "jsonl" for a JSON-lines file name, or when every non-blank line is a JSON object with a
+    "text"; else "text". A plain text file of sentences never reads that way."""
+    if is_json_lines_name(name):
+        return "jsonl"
+    filled = [line for line in lines if line.strip()]
+    if not filled:
+        return "text"
+    for line in filled:
+        if not line.lstrip().startswith(b"{"):
+            return "text"
+        try:
+            value = json.loads(line)
+        except (ValueError, RecursionError):
+            return "text"
+        if not isinstance(value, dict) or "text" not in value:
+            return "text"
+    return "jsonl"
+
+
 def read_rows(lines: list[bytes], fmt: str, inputs: str) -> list[Row]:
     """One Row per line, read as `fmt` ("text" or "jsonl") for a task whose inputs are `inputs`."""
     rows = []

@@ -37,7 +37,7 @@ from bitfit_deploy.commands._options import runtime_options
     default="auto",
     show_default=True,
     help='Lines of text, or JSON lines {"text": ..., "text_pair": ...}; auto: jsonl for a '
-    ".jsonl file.",
+    '.jsonl, .ndjson or .json file, or when every line is a JSON object with a "text".',
 )
 @click.argument("texts", nargs=-1)
 def command(
@@ -57,7 +57,14 @@ def command(
     An input that cannot be predicted (an empty line, one text for a pair task, ...) gets an
     error line {"line": N, "error": ..., "detail": ...} in its place, and the exit status is 1.
     """
-    from bitfit_deploy.commands._inputs import Row, read_rows, split_lines, text_row
+    from bitfit_deploy.commands._inputs import (
+        Row,
+        guess_format,
+        is_json_lines_name,
+        read_rows,
+        split_lines,
+        text_row,
+    )
     from bitfit_deploy.errors import InvalidInputError, TaskNotFoundError
     from bitfit_deploy.runtime import Runtime
 
@@ -78,8 +85,13 @@ def command(
             f"task {task!r} is not loaded (loaded: {loaded}); pass --delta FILE to load it."
         )
     if input_format == "auto":
-        name = getattr(input_file, "name", "")
-        input_format = "jsonl" if isinstance(name, str) and name.endswith(".jsonl") else "text"
+        input_format = guess_format(getattr(input_file, "name", ""), lines)
+        if input_format == "jsonl" and not is_json_lines_name(getattr(input_file, "name", "")):
+            click.echo(
+                'reading --input as JSON lines: every line is a JSON object with a "text"; pass '
+                "--input-format text to read the lines as plain text.",
+                err=True,
+            )
     rows = [text_row("argument", i, t, info.inputs) for i, t in enumerate(texts, 1)]
     rows += read_rows(lines, input_format, info.inputs)
     checked = []
