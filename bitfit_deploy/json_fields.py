@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ def conforms(value: Any, hint: Any) -> bool:
     if hint in (str, bool):
         return isinstance(value, hint)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):  # each member by these rules: no bool for int
+        return any(conforms(value, member) for member in args)
     if origin is list:
         return isinstance(value, list) and all(conforms(v, args[0]) for v in value)
     if origin is dict:

@@ -37,6 +37,7 @@ from bitfit_deploy.data import Columns, Split, TaskData, load_task_data
 from bitfit_deploy.data_summary import max_tokens
 from bitfit_deploy.delta import DeltaMetadata, TaskDelta, save_delta
 from bitfit_deploy.errors import DataError, ModelError
+from bitfit_deploy.json_fields import mismatch
 from bitfit_deploy.merge import write_model_folder
 from bitfit_deploy.metrics import DEFAULT_METRIC, compute_metrics
 from bitfit_deploy.modeling import (
@@ -272,6 +273,9 @@ def train(
 
 def check_config(config: TrainConfig) -> None:
     """A typed error for a setting no training can use; `train` and the CLI call it before any work."""
+    problem = mismatch(TrainConfig, dataclasses.asdict(config))
+    if problem is not None:  # the API takes any object; the CLI's types never get here
+        raise DataError(f"TrainConfig: {problem}.")
     check_task_name(config.task, "pass another --task")
     if config.method not in METHODS:
         raise ModelError(f"unknown method {config.method!r}; choose bitfit, full or head.")
@@ -286,6 +290,10 @@ def check_config(config: TrainConfig) -> None:
             raise DataError(f"{name} must be from 1 to {most:,}, got {value}.")
     if config.lr is not None and not 0 <= config.lr < math.inf:  # 0: the weights stay as they are
         raise DataError(f"lr must be a number >= 0, got {config.lr}; try 5e-3 for bitfit.")
+    if not 0 <= config.warmup < 1:
+        raise DataError(
+            f"warmup must be a share of the steps from 0 to below 1, got {config.warmup}."
+        )
     if config.max_steps is None and not 0 < config.num_epochs() <= MAX_EPOCHS:
         raise DataError(f"epochs must be above 0 and at most {MAX_EPOCHS:,}, got {config.epochs}.")
 

@@ -224,6 +224,42 @@ def test_training_settings_are_checked_before_any_work(lr, epochs, max_steps, ea
             check_config(config)
 
 
+ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True),
+    st.text(max_size=4),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_a_train_config_of_any_shape_is_refused_with_a_message_or_accepted(data):
+    """TrainConfig(batch_size="8") or max_steps=True were TypeErrors or silently taken (the
+    API takes any object); each field's type, then its range, is checked before any work."""
+    import dataclasses
+
+    from bitfit_deploy.errors import BitFitError
+    from bitfit_deploy.train import TrainConfig, check_config
+
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    changed = data.draw(st.dictionaries(st.sampled_from(fields), ANY_VALUE, min_size=1, max_size=3))
+    base = {"task": "t", "train": "never-read.tsv", "output": "never-written.safetensors"}
+    config = TrainConfig(**{**base, **changed})
+    try:
+        check_config(config)
+    except BitFitError as exc:
+        assert str(exc).strip()
+        return
+    for name, value in changed.items():  # accepted: the value has its field's type
+        if isinstance(value, bool):
+            assert name in ("drop_empty", "force", "progress"), (name, value)
+        if name in ("batch_size", "max_length", "seed"):
+            assert type(value) is int
+
+
 @pytest.mark.parametrize(
     ("extra", "says"),
     [
