@@ -31,7 +31,7 @@ from bitfit_deploy.contract import (
     TASK_INPUTS,
 )
 from bitfit_deploy.errors import DeltaFormatError
-from bitfit_deploy.json_fields import mismatch, required_fields
+from bitfit_deploy.json_fields import mismatch, read_json_file, required_fields
 
 FORMAT_NAME = "bitfit-delta"
 FORMAT_VERSION = 1
@@ -213,11 +213,9 @@ def save_delta(delta: TaskDelta, path: str | os.PathLike[str], force: bool = Fal
 
 def load_delta(path: str | os.PathLike[str]) -> TaskDelta:
     """Read and validate a delta file."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DeltaFormatError(f"cannot read delta {str(path)!r}: {exc.strerror or exc}.") from exc
+    from bitfit_deploy.reading import read_regular
+
+    data = read_regular(path, "delta", DeltaFormatError)
     return from_bytes(data, source=repr(str(path)))
 
 
@@ -263,3 +261,29 @@ def check_delta_fits(
         raise IncompatibleTaskError(
             f"{source}: head width {delta.head_weight.shape[1]} differs from the model's hidden size {hidden_size}."
         )
+
+
+TASK_JSON = "bitfit_task.json"
+"""The task file of a folder written by `merge` or `train --method full`: delta metadata + layout."""
+
+
+def read_folder_info(folder: Path) -> tuple[dict[str, Any], DeltaMetadata]:
+    """A merged or full-model folder's TASK_JSON (checked as delta metadata) and its metadata."""
+    info_file = folder / TASK_JSON
+    if not info_file.is_file():
+        raise DeltaFormatError(
+            f"{str(folder)!r} lacks {TASK_JSON}; it was not written by bitfit-deploy."
+        )
+    info = read_json_file(info_file, DeltaFormatError, "merge the delta again")
+    known = {f.name for f in dataclasses.fields(DeltaMetadata)}
+    values = {k: v for k, v in info.items() if k in known} if isinstance(info, dict) else None
+    wrong = "it is not a JSON object" if values is None else mismatch(DeltaMetadata, values)
+    missing = (
+        [] if values is None else [k for k in required_fields(DeltaMetadata) if k not in values]
+    )
+    if wrong or missing:
+        why = wrong or f"it lacks {', '.join(missing)}"
+        raise DeltaFormatError(
+            f"{info_file}: {why}; the folder was damaged or edited. Merge the delta again."
+        )
+    return info, DeltaMetadata(**values)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from bitfit_deploy._io import atomic_file
 from bitfit_deploy.errors import BundleError, InvalidInputError
+from bitfit_deploy.reading import open_regular
 
 if TYPE_CHECKING:
     from bitfit_deploy.manifest import Manifest
@@ -57,7 +58,7 @@ _pruned = False
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, hashed from a read-only memory map (one call, GIL released)."""
-    with open(path, "rb") as fh:
+    with open_regular(path, "bundle file", BundleError) as fh:
         if os.fstat(fh.fileno()).st_size == 0:
             return hashlib.sha256().hexdigest()
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:

@@ -15,8 +15,11 @@ from typing import Any
 def read_json_file(path: Path, error: type[Exception], fix: str) -> Any:
     """`path` parsed as JSON; `error` naming the file and `fix` if it is not UTF-8 JSON (too deep
     included)."""
+    from bitfit_deploy.reading import read_regular
+
+    data = read_regular(path, "file", error)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise error(f"{path} is not valid JSON ({exc}); {fix}.") from exc
 

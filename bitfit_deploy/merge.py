@@ -20,11 +20,10 @@ from typing import Any
 
 from bitfit_deploy import folder_readme
 from bitfit_deploy._io import atomic_dir, check_output
-from bitfit_deploy.delta import DeltaMetadata, load_delta
+from bitfit_deploy.delta import TASK_JSON, DeltaMetadata, load_delta, read_folder_info
 from bitfit_deploy.errors import DeltaFormatError, FingerprintMismatchError
 from bitfit_deploy.fingerprint import short
 from bitfit_deploy.hf_classifier import exact_classifier, from_classifier, to_classifier
-from bitfit_deploy.json_fields import mismatch, read_json_file, required_fields
 from bitfit_deploy.modeling import (
     TaskModel,
     apply_delta,
@@ -34,7 +33,6 @@ from bitfit_deploy.modeling import (
 )
 from bitfit_deploy.st_folder import read_st_folder, save_tokenizer, write_st_folder
 
-TASK_JSON = "bitfit_task.json"
 SEQUENCE_CLASSIFICATION = "sequence-classification"
 """Layout: a complete transformers `*ForSequenceClassification` folder."""
 SENTENCE_TRANSFORMERS = "sentence-transformers"
@@ -126,24 +124,7 @@ def write_model_folder(
 def load_model_folder(folder: str | os.PathLike[str]) -> tuple[TaskModel, DeltaMetadata]:
     """Rebuild the task model (encoder + pooling + head) from a merged or full-model folder."""
     folder = Path(folder)
-    info_file = folder / TASK_JSON
-    if not info_file.is_file():
-        raise DeltaFormatError(
-            f"{str(folder)!r} lacks {TASK_JSON}; it was not written by bitfit-deploy."
-        )
-    info = read_json_file(info_file, DeltaFormatError, "merge the delta again")
-    known = {f.name for f in dataclasses.fields(DeltaMetadata)}
-    values = {k: v for k, v in info.items() if k in known} if isinstance(info, dict) else None
-    wrong = "it is not a JSON object" if values is None else mismatch(DeltaMetadata, values)
-    missing = (
-        [] if values is None else [k for k in required_fields(DeltaMetadata) if k not in values]
-    )
-    if wrong or missing:
-        why = wrong or f"it lacks {', '.join(missing)}"
-        raise DeltaFormatError(
-            f"{info_file}: {why}; the folder was damaged or edited. Merge the delta again."
-        )
-    meta = DeltaMetadata(**values)
+    info, meta = read_folder_info(folder)
     layout = info.get("layout")
     if layout == SENTENCE_TRANSFORMERS:
         return read_st_folder(folder, meta.pooling, meta.problem_type), meta

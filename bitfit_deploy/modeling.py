@@ -6,7 +6,6 @@ the same way.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from bitfit_deploy.errors import (
     first_line,
 )
 from bitfit_deploy.fingerprint import fingerprint
+from bitfit_deploy.json_fields import read_json_file
 from bitfit_deploy.model_folder import read_config
 
 SUPPORTED_ARCHITECTURES = ("bert", "roberta", "xlm-roberta", "distilbert")
@@ -153,7 +153,9 @@ def resolve_pooling(model: nn.Module, path: str, requested: str = "auto") -> str
         return requested
     st_config = Path(path) / "1_Pooling" / "config.json"
     if st_config.is_file():
-        cfg = json.loads(st_config.read_text())
+        cfg = read_json_file(st_config, ModelError, "the model folder is damaged")
+        if not isinstance(cfg, dict):
+            raise ModelError(f"{st_config} is not a JSON object; the model folder is damaged.")
         if cfg.get("pooling_mode_mean_tokens"):
             return "mean"
         if cfg.get("pooling_mode_cls_token"):

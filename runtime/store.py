@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bitfit_deploy.contract import TASK_NAME
-from bitfit_deploy.errors import BitFitError, TaskNotFoundError
+from bitfit_deploy.errors import BitFitError, DeltaFormatError, TaskNotFoundError
+from bitfit_deploy.reading import read_regular
 from bitfit_deploy.runtime.oip import MODEL_VERSION
 from bitfit_deploy.runtime.runtime import Runtime
 
@@ -37,6 +38,8 @@ log = logging.getLogger("bitfit_deploy.store")
 
 SUFFIX = ".safetensors"
 UNLOADED = ".unloaded"
+MAX_FILE_BYTES = 256 << 20
+"""A task file larger than this is no delta (a MiniLM delta is 0.1 MiB; uploads stop at 64 MiB)."""
 READY, UNAVAILABLE = "READY", "UNAVAILABLE"
 """Task states as the Open Inference Protocol's repository index names them."""
 
@@ -113,8 +116,9 @@ class TaskStore:
         return files, unloaded, sorted(bad)
 
     def read(self, name: str) -> bytes:
-        """The bytes of task `name`'s file."""
-        return self.path(name).read_bytes()
+        """The bytes of task `name`'s file; DeltaFormatError if it is no regular file (a FIFO
+        would block the store for good) or larger than MAX_FILE_BYTES."""
+        return read_regular(self.path(name), "task store file", DeltaFormatError, MAX_FILE_BYTES)
 
     def stage(self, data: bytes) -> Path:
         """Write `data` to a durable temp file in the store (invisible to `scan`); return its path."""

@@ -264,3 +264,101 @@ def test_memory_tasks_say_they_are_not_durable_and_refuse_repository_calls(
 def test_a_missing_store_folder_is_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(TaskStoreError, match="mkdir"):
         TaskStore(tmp_path / "none")
+
+
+def _within(seconds: float, call):  # noqa: ANN001, ANN202
+    """`call()`'s result, failing (not hanging) if it blocks: a FIFO open waits for a writer."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "blocked"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device", "link to a device", "socket"])
+def test_a_store_entry_that_is_no_regular_file_is_skipped_not_read(
+    bundle: Path, deltas: dict[str, bytes], tmp_path: Path, kind: str
+) -> None:
+    """A FIFO named x.safetensors hung the server for good (its open waits for a writer, and
+    SIGTERM then waited on it); a link to /dev/zero would be read until memory ran out. Both,
+    and other non-files, are reported by name and skipped; the other tasks keep serving."""
+    import socket
+
+    (tmp_path / "a.safetensors").write_bytes(deltas["a1"])
+    odd = tmp_path / "odd.safetensors"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    elif kind == "folder":
+        odd.mkdir()
+    elif kind == "device":
+        odd.symlink_to("/dev/null")
+    elif kind == "link to a device":
+        odd.symlink_to("/dev/zero")
+    else:
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(odd))
+    rt = runtime(bundle)
+    sync = StoreSync(TaskStore(tmp_path), rt)
+    problems = _within(10, sync.sync)
+    assert sorted(rt.tasks) == ["a"]
+    if kind != "folder":  # a folder is no file to the scan at all
+        (problem,) = problems
+        assert "odd.safetensors" in problem and "not a regular file" in problem
+    assert same(answers(rt, "a"), reference(bundle, deltas["a1"]))
+    assert _within(10, sync.sync) == []  # reported once
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_every_reader_of_a_named_file_refuses_one_that_is_no_regular_file(
+    bundle: Path, tmp_path: Path, kind: str
+) -> None:
+    """A delta, a manifest or a bundle file that is a FIFO, a device or a folder is a typed
+    error naming what it is, at once; inspect says so on one line."""
+    from click.testing import CliRunner
+
+    from bitfit_deploy.cli import cli
+    from bitfit_deploy.delta import load_delta
+    from bitfit_deploy.errors import BundleError
+    from bitfit_deploy.integrity import sha256_file
+    from bitfit_deploy.manifest import read_manifest
+
+    odd = tmp_path / "odd.safetensors"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    elif kind == "device":
+        odd.symlink_to("/dev/zero")
+    else:
+        odd.mkdir()
+    what = {"fifo": "named pipe", "device": "character device", "folder": "a folder"}[kind]
+    with pytest.raises(DeltaFormatError, match=what):
+        _within(10, lambda: load_delta(odd))
+    with pytest.raises(BundleError, match=what):
+        _within(10, lambda: sha256_file(odd))
+    copy = tmp_path / "bundle"
+    import shutil
+
+    shutil.copytree(bundle, copy)
+    (copy / "manifest.json").unlink()
+    if kind == "fifo":
+        os.mkfifo(copy / "manifest.json")
+    elif kind == "device":
+        (copy / "manifest.json").symlink_to("/dev/zero")
+    else:
+        (copy / "manifest.json").mkdir()
+    with pytest.raises(BundleError):
+        _within(10, lambda: read_manifest(copy))
+    if kind != "folder":  # inspect reads a folder as a merged model folder
+        result = _within(20, lambda: CliRunner().invoke(cli, ["inspect", str(odd)]))
+        assert result.exit_code != 0 and what in result.output

@@ -9,12 +9,9 @@ from typing import Any
 
 import click
 
+from bitfit_deploy.delta import TASK_JSON, read_folder_info
 from bitfit_deploy.errors import DeltaFormatError
 from bitfit_deploy.fingerprint import short
-
-TASK_JSON = (
-    "bitfit_task.json"  # same name as bitfit_deploy.train.TASK_JSON, without importing torch
-)
 
 
 @click.command()
@@ -29,12 +26,12 @@ def command(path: Path, as_json: bool) -> None:
 def read_info(path: Path) -> dict[str, Any]:
     """The metadata of a delta file, or of a folder written by `train --method full` or `merge`."""
     if path.is_dir():
-        meta_file = path / TASK_JSON
-        if not meta_file.is_file():
+        if not (path / TASK_JSON).is_file():
             raise DeltaFormatError(
                 f"{str(path)!r} is a folder without {TASK_JSON}; pass a delta file."
             )
-        return {"path": str(path), "kind": "model folder", **json.loads(meta_file.read_text())}
+        info, _ = read_folder_info(path)  # checked as a delta's metadata
+        return {"path": str(path), "kind": "model folder", **info}
     from bitfit_deploy.delta import load_delta
 
     delta = load_delta(path)
