@@ -6,6 +6,8 @@ The CLI maps them to exit messages and the server to HTTP statuses, each in one 
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class BitFitError(Exception):
     """Base class of every error bitfit-deploy raises on purpose."""
@@ -87,3 +89,24 @@ class ExportError(BitFitError, RuntimeError):
 
 class ExportOptionError(BitFitError, ValueError):
     """An export option asks for something unavailable (unknown quantization, --bake of a task not given)."""
+
+
+def describe(value: Any) -> str:
+    """A short description of any value for an error message; never recurses into it."""
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {_count(len(value), 'item')}"
+    if isinstance(value, dict):
+        return f"an object of {_count(len(value), 'key')}"
+    if value is None:
+        return "null"
+    shape = getattr(value, "shape", None)
+    if isinstance(shape, tuple):  # a numpy (or similar) array
+        return f"an array of shape {shape} ({getattr(value, 'dtype', '?')})"
+    name = type(value).__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")

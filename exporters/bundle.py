@@ -13,8 +13,10 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from bitfit_deploy._io import _umask_mode, atomic_dir, check_output
+from bitfit_deploy.arguments import check_flag, check_list, check_path, check_text, check_whole
 from bitfit_deploy.contract import (
     HEAD_KEYS,
+    POOLINGS,
     check_task_name,
     graph_bias_names,
     shortest_max_length,
@@ -37,6 +39,7 @@ from bitfit_deploy.json_fields import read_json_file
 from bitfit_deploy.manifest import (
     BAKED_DIR,
     BASE_FILE,
+    INT8_ACTIVATIONS,
     INT8_CALIBRATION_FILE,
     INT8_PROBE_FILE,
     MANIFEST_FILE,
@@ -89,6 +92,18 @@ def export_bundle(
 
     Example: `export_bundle("bundle", tasks=["sst2.safetensors"], quantize="int8")`.
     """
+    check_path("output", output)
+    check_path("model", model, optional=True)
+    check_list("tasks", tasks, "path")
+    check_list("bake", bake, "text")
+    check_text("pooling", pooling, ("auto", *POOLINGS))
+    check_text("int8_activations", int8_activations, INT8_ACTIVATIONS)
+    if quantize is not None:
+        check_text("quantize", quantize, QUANTIZATIONS)
+    check_whole("max_length", max_length, optional=True)  # its range: _max_length
+    check_path("calibration", calibration, optional=True)
+    check_flag("force", force)
+    check_flag("progress", progress)
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ExportOptionError(
             f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}."

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bitfit_deploy.errors import InvalidInputError
+from bitfit_deploy.errors import InvalidInputError, describe
 from bitfit_deploy.runtime.results import TaskInfo
 from bitfit_deploy.runtime.tokenize import TextInput
 
@@ -63,24 +63,3 @@ def check_input(item: Any, info: TaskInfo, index: int) -> TextInput:
                 "send well-formed UTF-8 text."
             )
     return texts[0] if len(texts) == 1 else (texts[0], texts[1])
-
-
-def describe(value: Any) -> str:
-    """A short description of any value for an error message; never recurses into it."""
-    if isinstance(value, str):
-        return f"the text {value[:40]!r}" + ("..." if len(value) > 40 else "")
-    if isinstance(value, (list, tuple)):
-        return f"a {type(value).__name__} of {_count(len(value), 'item')}"
-    if isinstance(value, dict):
-        return f"an object of {_count(len(value), 'key')}"
-    if value is None:
-        return "null"
-    shape = getattr(value, "shape", None)
-    if isinstance(shape, tuple):  # a numpy (or similar) array
-        return f"an array of shape {shape} ({getattr(value, 'dtype', '?')})"
-    name = type(value).__name__
-    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")

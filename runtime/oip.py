@@ -25,8 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bitfit_deploy.errors import InvalidInputError
-from bitfit_deploy.runtime.inputs import describe
+from bitfit_deploy.errors import InvalidInputError, describe
 from bitfit_deploy.runtime.json_body import read_json
 from bitfit_deploy.runtime.results import Prediction, TaskInfo
 

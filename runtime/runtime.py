@@ -17,6 +17,13 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
+from bitfit_deploy.arguments import (
+    MOST_BATCH,
+    MOST_THREADS,
+    check_count,
+    check_flag,
+    check_text,
+)
 from bitfit_deploy.contract import check_task_name, shortest_max_length
 from bitfit_deploy.delta import TaskDelta, check_delta_fits, from_bytes, load_delta
 from bitfit_deploy.errors import (
@@ -34,13 +41,6 @@ from bitfit_deploy.manifest import (
     VARIANT_FILES,
     Manifest,
     read_manifest,
-)
-from bitfit_deploy.runtime.arguments import (
-    MOST_BATCH,
-    MOST_THREADS,
-    check_count,
-    check_flag,
-    check_text,
 )
 from bitfit_deploy.runtime.batching import plan_runs
 from bitfit_deploy.runtime.engine import BoundEngine, HostEngine, check_graph_inputs

@@ -38,10 +38,10 @@ from bitfit_deploy.errors import (
     MalformedJSONError,
     TaskExistsError,
     TaskNotFoundError,
+    describe,
 )
 from bitfit_deploy.runtime import oip
 from bitfit_deploy.runtime.batcher import Batcher, BatcherClosedError
-from bitfit_deploy.runtime.inputs import describe
 from bitfit_deploy.runtime.json_body import read_json
 from bitfit_deploy.runtime.metrics import CONTENT_TYPE, UNKNOWN_TASK, ServerMetrics
 from bitfit_deploy.runtime.repository import repository_routes

@@ -375,3 +375,42 @@ def test_the_opset_range_boundaries_export_and_serve(tiny_models, tmp_path, opse
     export_bundle(tmp_path / "b", model=str(tiny_models("bert")), opset=opset, quantize=quantize)
     rt = Runtime(tmp_path / "b", threads=1, variant=quantize or "fp32", load_bundle_tasks=False)
     assert rt.manifest.variants
+
+
+EXPORT_ARGUMENTS = {  # argument -> the values it accepts (others must be refused, naming it)
+    "model": lambda v: v is None or isinstance(v, str),
+    "tasks": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
+    "pooling": lambda v: isinstance(v, str),
+    "max_length": lambda v: v is None or type(v) is int,  # its range: test_bad_options
+    "force": lambda v: isinstance(v, bool),
+    "quantize": lambda v: v is None or isinstance(v, str),
+    "bake": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
+    "int8_activations": lambda v: isinstance(v, str),
+    "calibration": lambda v: v is None or isinstance(v, str),
+    "progress": lambda v: isinstance(v, bool),
+}
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    argument=st.sampled_from(sorted(EXPORT_ARGUMENTS)),
+    value=st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=True),
+        st.lists(st.one_of(st.integers(), st.none()), min_size=1, max_size=2),
+        st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+    ),
+)
+def test_an_export_argument_of_the_wrong_type_is_named(tiny_bert_dir, argument, value):
+    """export_bundle(tasks=2.5), bake=-1 or max_length="8" were TypeErrors after loading the
+    model; force="no" forced. Each is one InvalidInputError naming the argument, before any work."""
+    from bitfit_deploy.errors import InvalidInputError
+
+    if EXPORT_ARGUMENTS[argument](value):
+        return  # accepted by type (its value may still be refused by the export's own checks)
+    with tempfile.TemporaryDirectory() as tmp:
+        with pytest.raises(InvalidInputError, match=argument):
+            export_bundle(Path(tmp) / "b", **{"model": tiny_bert_dir, argument: value})
+        assert not (Path(tmp) / "b").exists()

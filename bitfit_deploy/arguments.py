@@ -1,12 +1,13 @@
-"""Checks of the runtime's constructor arguments: a wrong type or range is one InvalidInputError
-naming the argument, not a TypeError from deep inside ONNX Runtime (or a silent truthiness)."""
+"""Checks of the Python API's arguments (`Runtime`, `export_bundle`): a wrong type or range is one
+InvalidInputError naming the argument, not a TypeError from deep inside ONNX Runtime or torch, or
+a value silently taken for its truthiness. The CLI's click types never get here."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from bitfit_deploy.errors import InvalidInputError
-from bitfit_deploy.runtime.inputs import describe
+from bitfit_deploy.errors import InvalidInputError, describe
 
 MOST_THREADS = 4096
 """More intra-op threads than any machine has: beyond it, a typo."""
@@ -25,6 +26,13 @@ def check_count(name: str, value: Any, most: int, optional: bool = False) -> Non
         )
 
 
+def check_whole(name: str, value: Any, optional: bool = False) -> None:
+    """`value` is a whole number (or None when `optional`); its range is the caller's to check."""
+    if not ((optional and value is None) or (type(value) is int)):
+        allowed = " (or None)" if optional else ""
+        raise InvalidInputError(f"{name} must be a whole number{allowed}, got {_shown(value)}.")
+
+
 def check_flag(name: str, value: Any, optional: bool = False) -> None:
     """`value` is True or False (or None when `optional`)."""
     if not (isinstance(value, bool) or (optional and value is None)):
@@ -37,6 +45,22 @@ def check_text(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if not isinstance(value, str):
         raise InvalidInputError(
             f"{name} must be a string such as {', '.join(map(repr, choices))}, got {_shown(value)}."
+        )
+
+
+def check_path(name: str, value: Any, optional: bool = False) -> None:
+    """`value` is a path (a string or os.PathLike), or None when `optional`."""
+    if not (isinstance(value, (str, os.PathLike)) or (optional and value is None)):
+        raise InvalidInputError(f"{name} must be a path, got {_shown(value)}.")
+
+
+def check_list(name: str, value: Any, of: str) -> None:
+    """`value` is a list or tuple of paths (`of="path"`) or of strings (`of="text"`)."""
+    kinds = (str, os.PathLike) if of == "path" else (str,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, kinds) for v in value):
+        raise InvalidInputError(
+            f"{name} must be a list of {of}s, got {_shown(value)}"
+            + (f" (a {of} in a list: [{value!r}])." if isinstance(value, kinds) else ".")
         )
 
 
