@@ -154,11 +154,15 @@ def load_task_data(
     header = not columns.by_index()
     table = read_file(train, header=header, split="train", quoting=quoting)
     resolved = _resolve_columns(columns, table.columns, table.source)
+    if not header:
+        _refuse_a_header_row(table, resolved)
     raw_train = _extract(table, resolved, drop_empty)
     raw_eval = None
     if eval is not None:
         eval_table = read_file(eval, header=header, split="eval", quoting=quoting)
         _resolve_columns(Columns(*resolved.values()), eval_table.columns, eval_table.source)
+        if not header:
+            _refuse_a_header_row(eval_table, resolved)
         raw_eval = _extract(eval_table, resolved, drop_empty)
     if problem_type == "regression":
         labels = ["score"]
@@ -265,6 +269,22 @@ class _Raw:
 
     def split(self, encoded: list[Any]) -> Split:
         return Split(self.texts, self.pairs, encoded, self.report)
+
+
+def _refuse_a_header_row(table: Table, cols: dict[str, str | None]) -> None:
+    """Columns by index read a file without a header: a first row whose label cell is a column
+    name ("label", "score", ...) is a header, which would train as a row of its own class."""
+    if not table.rows:
+        return
+    first = table.rows[0]
+    label = first.get(cols["label"])
+    if isinstance(label, str) and label.strip() in LABEL_CANDIDATES:
+        cells = ", ".join(repr(first.get(c)) for c in cols.values() if c is not None)
+        raise DataError(
+            f"{table.source}: {table.where(0)} ({cells}) looks like a header, but columns given "
+            "by index read a file without one; pass the columns by name (--text-column NAME "
+            "--label-column NAME) or remove the header line."
+        )
 
 
 def _extract(table: Table, cols: dict[str, str | None], drop_empty: bool) -> _Raw:

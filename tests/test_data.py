@@ -217,6 +217,29 @@ def test_a_given_column_clashing_with_a_guessed_one_is_refused(tmp_path, header,
             load_task_data(path, columns=columns)
 
 
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    label_header=st.sampled_from(["label", "labels", "score", "Quality", "target"]),
+    text_header=st.sampled_from(["sentence", "text", "review"]),
+    header=st.booleans(),
+    labels=st.lists(st.sampled_from(["0", "1", "pos", "neg"]), min_size=2, max_size=5),
+)
+def test_columns_by_index_refuse_a_header_row(tmp_path, label_header, text_header, header, labels):
+    """`--text-column 0 --label-column 1` on a file with a header read the header as a row, and
+    its 'label' became a class of its own; a first row whose label cell is a column name is now
+    refused, and a file without a header reads as before."""
+    body = "".join(f"text {i}\t{y}\n" for i, y in enumerate(labels))
+    path = write(tmp_path / "t.tsv", (f"{text_header}\t{label_header}\n" if header else "") + body)
+    if header:
+        with pytest.raises(DataError, match="looks like a header.*pass the columns by name"):
+            load_task_data(path, columns=Columns(text=0, label=1))
+    elif len(set(labels)) > 1:
+        data = load_task_data(path, columns=Columns(text="0", label="1"))
+        assert data.train.texts == [f"text {i}" for i in range(len(labels))]
+
+
 def test_mixed_names_and_indexes_refused(tmp_path):
     path = write(tmp_path / "t.tsv", "a\tb\nx\t1\n")
     with pytest.raises(DataError, match="not a mix"):
