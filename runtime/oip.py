@@ -5,8 +5,10 @@ Inputs: `text` (BYTES, one element per row) and, for a task trained on pairs, `t
 unknown). BYTES elements are read by their `content_type` parameter (per input, else the
 request's), as KServe and MLServer clients send it: "str" (the default: UTF-8 text) or
 "base64" (base64 of UTF-8 text); any other content type is refused, never read as text.
-Outputs of a classification task: `label` (BYTES [n]), `score` (FP32 [n], the top label's
-probability) and `scores` (FP32 [n, num_labels], in the task's label order); of a regression
+Outputs of a classification task: `label` (BYTES [n], the top label), `score` (FP32 [n], the top
+label's probability) and `scores` (FP32 [n, num_labels], in the task's label order), and for a
+multi-label task `predicted` (BOOL [n, num_labels]: the labels scoring 0.5 or more, which may be
+none); of a regression
 task: `value` (FP32 [n]) and `score` (FP32 [n], the same value). Tensors travel as JSON or with
 the binary tensor extension (`Inference-Header-Content-Length`), as off-the-shelf clients such
 as `tritonclient.http` send and ask for them.
@@ -34,7 +36,8 @@ MODEL_VERSION = "1"
 TEXT = "text"
 TEXT_PAIR = "text_pair"
 HEADER_LENGTH = "Inference-Header-Content-Length"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+"""The V2 extensions served: binary tensors, and the model repository routes (runtime/repository.py)."""
 CONTENT_TYPES = ("str", "base64")
 """How BYTES elements hold text: UTF-8 itself, or base64 of UTF-8."""
 
@@ -63,11 +66,14 @@ def output_specs(info: TaskInfo) -> list[dict[str, Any]]:
     """The outputs a task's model answers, as model metadata lists them."""
     if info.problem_type == "regression":
         return [_spec("value", "FP32", [-1]), _spec("score", "FP32", [-1])]
-    return [
+    specs = [
         _spec("label", "BYTES", [-1]),
         _spec("score", "FP32", [-1]),
         _spec("scores", "FP32", [-1, info.num_labels]),
     ]
+    if info.problem_type == "multi_label":  # which labels are predicted, not only the top one
+        specs.append(_spec("predicted", "BOOL", [-1, info.num_labels]))
+    return specs
 
 
 def model_metadata(info: TaskInfo) -> dict[str, Any]:
@@ -365,14 +371,23 @@ def _output_tensors(
     scores = np.array(
         [[p.scores[lab] for lab in info.labels] for p in predictions], dtype=np.float32
     )
-    return {
+    tensors = {
         "label": ("BYTES", labels),
         "score": ("FP32", score),
         "scores": ("FP32", scores.reshape(len(predictions), info.num_labels)),
     }
+    if info.problem_type == "multi_label":
+        predicted = [[lab in p.predicted_labels for lab in info.labels] for p in predictions]
+        tensors["predicted"] = (
+            "BOOL",
+            np.array(predicted, dtype=np.bool_).reshape(len(predictions), info.num_labels),
+        )
+    return tensors
 
 
 def _to_binary(datatype: str, array: np.ndarray) -> bytes:
+    if datatype == "BOOL":
+        return np.ascontiguousarray(array, dtype=np.bool_).tobytes()
     if datatype == "BYTES":
         parts = []
         for value in array.reshape(-1):

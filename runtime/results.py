@@ -37,7 +37,8 @@ class Prediction:
 
     task: str
     label: str | None
-    """Top label; None for regression."""
+    """Top-scoring label; None for regression. Multi-label: the top one even when no label
+    reaches 0.5; `predicted_labels` holds the predicted ones."""
     score: float
     """The top label's probability (softmax; sigmoid for multi-label); the value for regression."""
     scores: dict[str, float]

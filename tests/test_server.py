@@ -208,7 +208,9 @@ def test_open_inference_protocol_round_trip_with_tritonclient(url: str, runtime:
     meta = client.get_model_metadata("topic")
     assert [i["name"] for i in meta["inputs"]] == ["text", "text_pair"]
     assert [o["name"] for o in meta["outputs"]] == ["label", "score", "scores"]
-    assert client.get_server_metadata()["name"] == "bitfit-deploy"
+    server = client.get_server_metadata()
+    assert server["name"] == "bitfit-deploy"
+    assert server["extensions"] == ["binary_tensor_data", "model_repository"]  # both served
 
     texts = np.array(TEXTS, dtype=object)
     expected = runtime.predict("topic", list(TEXTS))
@@ -240,6 +242,29 @@ def test_open_inference_protocol_round_trip_with_tritonclient(url: str, runtime:
 
     with pytest.raises(InferenceServerException, match="no task 'nope'"):
         client.infer("nope", [first])
+    client.close()
+
+
+def test_a_multi_label_task_answers_which_labels_are_predicted_over_v2(
+    url: str, runtime: Runtime
+) -> None:
+    """V2 answered only the top label of a multi-label task, so a client could not tell that
+    no label (or several) passed 0.5; `predicted` (BOOL [n, labels]) says, as JSON or binary."""
+    import tritonclient.http as tc
+
+    client = tc.InferenceServerClient(url.removeprefix("http://"))
+    meta = client.get_model_metadata("tags")
+    assert meta["outputs"][-1] == {"name": "predicted", "datatype": "BOOL", "shape": [-1, 3]}
+    expected = runtime.predict("tags", list(TEXTS))
+    want = [[lab in p.predicted_labels for lab in ("a", "b", "c")] for p in expected]
+    for binary in (True, False):
+        inp = tc.InferInput("text", [len(TEXTS)], "BYTES")
+        inp.set_data_from_numpy(np.array(TEXTS, dtype=object), binary_data=binary)
+        asked = [tc.InferRequestedOutput(n, binary_data=binary) for n in ("predicted", "label")]
+        result = client.infer("tags", [inp], outputs=asked)
+        got = result.as_numpy("predicted")
+        assert got.dtype == np.bool_ and got.tolist() == want
+    assert 0 < sum(map(sum, want)) < 3 * len(want)  # some labels predicted, some not
     client.close()
 
 
