@@ -28,7 +28,13 @@ from bitfit_deploy.data import Columns, Split, load_task_data
 from bitfit_deploy.delta import TaskDelta, load_delta
 from bitfit_deploy.errors import DataError, FingerprintMismatchError, TaskNotFoundError
 from bitfit_deploy.manifest import read_manifest
-from bitfit_deploy.metrics import DEFAULT_METRIC, compute_metrics, f1, macro_f1
+from bitfit_deploy.metrics import (
+    DEFAULT_METRIC,
+    compute_metrics,
+    f1,
+    macro_f1,
+    undefined_correlation,
+)
 
 _CHUNK_ROWS = 256
 """Rows per runtime call: enough for length-sorted runs, small enough for a smooth progress bar."""
@@ -46,7 +52,8 @@ class EvalReport:
     labels: list[str]
     metric: str
     """The task's headline metric (the one its training kept the best epoch by)."""
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]
+    """None where a metric is undefined (a correlation of constant values or of one row)."""
     rows: int
     label_counts: dict[str, int]
     """Gold rows per label (multi-label: rows holding the label)."""
@@ -76,7 +83,9 @@ class EvalReport:
 
     def summary(self) -> str:
         """One line: task, rows, metrics, time."""
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in self.metrics.items())
+        shown = ", ".join(
+            f"{k} {v:.4f}" if v is not None else f"{k} undefined" for k, v in self.metrics.items()
+        )
         line = f"{self.task} ({self.variant}, {self.rows:,} rows, {self.seconds:.1f} s): {shown}"
         if self.compare_torch is not None:
             line += f"; max |logit diff| vs PyTorch {self.compare_torch['max_abs_logit_diff']:.2e}"
@@ -258,6 +267,8 @@ def score(
         metrics["macro_f1"] = float(np.mean([f1(pred[:, j], g[:, j]) for j in range(len(labels))]))
         out["label_counts"] = {n: int(c) for n, c in zip(labels, g.sum(0), strict=True)}
         out["predicted_counts"] = {n: int(c) for n, c in zip(labels, pred.sum(0), strict=True)}
+    elif undefined_correlation(logits, gold_arr):  # a correlation of constant values is no 0
+        metrics.update({"pearson": None, "spearman": None})
     out["metrics"] = metrics
     return out
 

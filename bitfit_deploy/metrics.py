@@ -45,25 +45,32 @@ def matthews(pred: np.ndarray, gold: np.ndarray) -> float:
     return float((c * s - t @ p) / denom) if denom else 0.0
 
 
+def undefined_correlation(pred: np.ndarray, gold: np.ndarray) -> bool:
+    """True when a correlation of `pred` and `gold` is undefined: under 2 rows, or a constant side."""
+    pred, gold = np.asarray(pred).ravel(), np.asarray(gold).ravel()
+    return len(pred) < 2 or np.ptp(pred) == 0 or np.ptp(gold) == 0
+
+
 def pearson(pred: np.ndarray, gold: np.ndarray) -> float:
-    """Pearson correlation; 0 when either side is constant. numpy only (the runtime's eval uses it)."""
+    """Pearson correlation; 0 when undefined (`undefined_correlation`), so that training can
+    still rank epochs; eval reports it as undefined. numpy only (the runtime's eval uses it)."""
     pred, gold = (
         np.asarray(pred, dtype=np.float64).ravel(),
         np.asarray(gold, dtype=np.float64).ravel(),
     )
-    if len(pred) < 2 or np.ptp(pred) == 0 or np.ptp(gold) == 0:
+    if undefined_correlation(pred, gold):
         return 0.0
     a, b = pred - pred.mean(), gold - gold.mean()
     return float(np.clip((a @ b) / np.sqrt((a @ a) * (b @ b)), -1.0, 1.0))
 
 
 def spearman(pred: np.ndarray, gold: np.ndarray) -> float:
-    """Spearman rank correlation (ties get their average rank); 0 when either side is constant."""
+    """Spearman rank correlation (ties get their average rank); 0 when undefined, as `pearson`."""
     pred, gold = (
         np.asarray(pred, dtype=np.float64).ravel(),
         np.asarray(gold, dtype=np.float64).ravel(),
     )
-    if len(pred) < 2 or np.ptp(pred) == 0 or np.ptp(gold) == 0:
+    if undefined_correlation(pred, gold):
         return 0.0
     return pearson(_ranks(pred), _ranks(gold))
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from runtime_fixtures import synthetic_delta
 
 from bitfit_deploy.cli import main
@@ -175,6 +177,38 @@ def test_regression_pairs_and_max_rows(bundle, tmp_path):
     assert report.rows == 6 and report.logits.shape == (6, 1)
     assert set(report.metrics) == {"pearson", "spearman", "mse"} and report.confusion is None
     assert report.metric == "pearson"
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    gold=st.lists(st.floats(-5, 5, allow_nan=False), min_size=1, max_size=6),
+    pred=st.lists(st.floats(-5, 5, allow_nan=False), min_size=6, max_size=6),
+    constant_pred=st.booleans(),
+)
+def test_a_correlation_of_constant_values_or_one_row_is_undefined_not_zero(
+    gold, pred, constant_pred
+):
+    """Pearson and Spearman read 0.0 for constant targets or a single row, which says "no
+    correlation"; the report now says undefined (None in JSON), and scores the rest."""
+    pred = np.array([[pred[0]]] * len(gold) if constant_pred else [[p] for p in pred[: len(gold)]])
+    scored = score(pred, gold, "regression", ["score"])["metrics"]
+    undefined = len(gold) < 2 or np.ptp(gold) == 0 or np.ptp(pred) == 0
+    assert (scored["pearson"] is None) == undefined and (scored["spearman"] is None) == undefined
+    assert scored["mse"] == pytest.approx(np.mean((pred[:, 0] - np.array(gold)) ** 2))
+    if not undefined:
+        assert -1 <= scored["pearson"] <= 1
+
+
+def test_the_summary_says_undefined(bundle, tmp_path):
+    from bitfit_deploy.manifest import read_manifest
+
+    delta = synthetic_delta(read_manifest(bundle), "sim", "regression", [], seed=3)
+    path = save_delta(delta, tmp_path / "sim.safetensors")
+    data = tmp_path / "const.tsv"
+    data.write_text("sentence\tscore\nfine\t3.0\ndull\t3.0\n")
+    report = evaluate(bundle, str(path), data, progress=False, threads=1)
+    assert report.metrics["pearson"] is None and "pearson undefined" in report.summary()
+    assert report.to_dict()["metrics"]["spearman"] is None
 
 
 def test_score_multi_label_counts():
