@@ -22,6 +22,10 @@ Where = Callable[[int], str]
 """Row index (0-based) -> its place in the file, e.g. "line 7"."""
 
 
+MANY_NUMERIC_LABELS = 20
+"""More distinct numeric labels than this, some fractional, look like scores for a regression."""
+
+
 def number(text: str) -> Decimal | None:
     """`text` read as a decimal number (stripped), or None if it is not one."""
     text = text.strip()
@@ -153,6 +157,16 @@ class LabelReader:
             for keys in by_case.values()
             if len(keys) > 1
         )
+        numbers = [number(key) for key in self.spellings]
+        if (
+            len(numbers) > MANY_NUMERIC_LABELS
+            and all(n is not None for n in numbers)
+            and any(n != n.to_integral_value() for n in numbers if n is not None and n.is_finite())
+        ):
+            notes.append(
+                f"the {len(numbers)} labels are all numbers, not all whole: if they are scores "
+                "on a scale, train a regression with --problem-type regression"
+            )
         return notes
 
 

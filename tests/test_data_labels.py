@@ -6,7 +6,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bitfit_deploy.data import load_task_data
@@ -150,3 +150,21 @@ def test_property_spellings_of_an_integer_are_one_key(n, zeros, pad):
 def test_property_canonical_spelling_is_one_to_one(a, b):
     assert (canonical(a) == canonical(b)) == (a == b)
     assert Decimal(canonical(a)) == a
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    count=st.integers(min_value=2, max_value=40),
+    step=st.sampled_from([1, 0.5, 0.2, 0.04]),
+)
+def test_many_fractional_number_labels_suggest_a_regression(tmp_path, count, step):
+    """STS-B's score read as a label made a 140-class classifier without a hint; more than 20
+    numeric labels, not all whole, now say that --problem-type regression may be meant."""
+    values = [round(i * step, 2) for i in range(count)]
+    path = tmp_path / "s.tsv"
+    path.write_text("sentence\tlabel\n" + "".join(f"text {i}\t{v}\n" for i, v in enumerate(values)))
+    notes = load_task_data(path).train.report.notes
+    hinted = any("--problem-type regression" in n for n in notes)
+    assert hinted == (count > 20 and any(v != int(v) for v in values))
