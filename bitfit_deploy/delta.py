@@ -225,6 +225,20 @@ def _read_metadata(data: bytes) -> dict[str, str]:
     return dict(header.get("__metadata__", {}))
 
 
+def check_fingerprint(delta: TaskDelta, base_fingerprint: str, source: str = "delta") -> None:
+    """FingerprintMismatchError unless `delta` was trained on the base of `base_fingerprint`:
+    checked before anything else, as no other mismatch matters for a task of another base."""
+    from bitfit_deploy.errors import FingerprintMismatchError
+
+    meta = delta.metadata
+    if meta.base_fingerprint != base_fingerprint:
+        raise FingerprintMismatchError(
+            f"{source} (task {meta.task!r}) was trained on base {meta.base_fingerprint} but this "
+            f"base/bundle is {base_fingerprint}; retrain the task on this base or export a bundle "
+            f"from its base model ({meta.base_model or 'see the delta metadata'})."
+        )
+
+
 def check_delta_fits(
     delta: TaskDelta,
     base_fingerprint: str,
@@ -234,15 +248,10 @@ def check_delta_fits(
     source: str = "delta",
 ) -> None:
     """Raise unless `delta` applies to this base and graph: same fingerprint, pooling, bias widths."""
-    from bitfit_deploy.errors import FingerprintMismatchError, IncompatibleTaskError
+    from bitfit_deploy.errors import IncompatibleTaskError
 
     meta = delta.metadata
-    if meta.base_fingerprint != base_fingerprint:
-        raise FingerprintMismatchError(
-            f"{source} (task {meta.task!r}) was trained on base {meta.base_fingerprint} but this "
-            f"base/bundle is {base_fingerprint}; retrain the task on this base or export a bundle "
-            f"from its base model ({meta.base_model or 'see the delta metadata'})."
-        )
+    check_fingerprint(delta, base_fingerprint, source)
     if meta.pooling != pooling:
         raise IncompatibleTaskError(
             f"{source} (task {meta.task!r}) pools with {meta.pooling!r} but the graph pools with "

@@ -21,7 +21,7 @@ from bitfit_deploy.contract import (
     graph_bias_names,
     shortest_max_length,
 )
-from bitfit_deploy.delta import TaskDelta, check_delta_fits, load_delta
+from bitfit_deploy.delta import TaskDelta, check_delta_fits, check_fingerprint, load_delta
 from bitfit_deploy.errors import ExportOptionError, IncompatibleTaskError, ModelError
 from bitfit_deploy.exporters.bake import export_baked_graph
 from bitfit_deploy.exporters.calibrate import channel_maxima, probe_inputs, read_calibration_texts
@@ -122,6 +122,8 @@ def export_bundle(
     architecture = check_supported(encoder)
     fp = base_fingerprint(encoder)
     deltas = [(Path(t), load_delta(t)) for t in tasks]
+    for path, delta in deltas:  # another base's task: say so, not that its pooling differs
+        check_fingerprint(delta, fp, source=repr(str(path)))
     pooling = _bundle_pooling(encoder, model_path, pooling, deltas)
     params = {n: p.detach().float().numpy() for n, p in encoder.named_parameters()}
     bias_names = graph_bias_names(params, pooling)
@@ -276,7 +278,10 @@ def _check_unique_names(deltas: list[tuple[Path, TaskDelta]]) -> None:
         name = check_task_name(delta.metadata.task, f"retrain {path} with another --task")
         if name in seen:
             raise IncompatibleTaskError(
-                f"tasks {seen[name]} and {path} are both named {name!r}; rename one."
+                f"tasks {seen[name]} and {path} are both named {name!r}; a bundle ships each "
+                "name once: export one of them, and load the other at run time under another "
+                "name (Runtime.load_task(path, name=...) or PUT /v1/tasks/NAME to a server), "
+                "or retrain it with another --task."
             )
         seen[name] = path
 

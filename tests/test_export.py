@@ -20,6 +20,7 @@ from bitfit_deploy.errors import (
     DeltaFormatError,
     ExportOptionError,
     FingerprintMismatchError,
+    IncompatibleTaskError,
     ModelError,
     NoBiasError,
     OutputExistsError,
@@ -414,3 +415,26 @@ def test_an_export_argument_of_the_wrong_type_is_named(tiny_bert_dir, argument, 
         with pytest.raises(InvalidInputError, match=argument):
             export_bundle(Path(tmp) / "b", **{"model": tiny_bert_dir, argument: value})
         assert not (Path(tmp) / "b").exists()
+
+
+def test_tasks_of_another_base_are_named_as_such_before_their_pooling(
+    tiny_models, deltas, tmp_path
+):
+    """A task of another base that also pools differently was reported as a pooling mismatch."""
+    from bitfit_deploy.errors import FingerprintMismatchError
+
+    path, delta = deltas[1][0]
+    other = load_delta(path)
+    other.metadata.base_fingerprint = "0" * 64
+    other.metadata.pooling = "cls" if delta.metadata.pooling != "cls" else "mean"
+    other.metadata.task = "other"
+    foreign = save_delta(other, tmp_path / "other.safetensors")
+    with pytest.raises(FingerprintMismatchError, match="other.safetensors.*trained on base 0000"):
+        export_bundle(tmp_path / "b", model=str(tiny_models("bert")), tasks=[path, foreign])
+
+
+def test_two_tasks_of_one_name_say_how_to_serve_both(tiny_models, deltas, tmp_path):
+    path, _ = deltas[1][0]
+    twin = save_delta(load_delta(path), tmp_path / "twin.safetensors")
+    with pytest.raises(IncompatibleTaskError, match=r"load the other at run time.*name=\.\.\."):
+        export_bundle(tmp_path / "b", model=str(tiny_models("bert")), tasks=[path, twin])
