@@ -43,12 +43,12 @@ store, and a URL segment, so letters, digits, '.', '_', '-', no leading dot, 1-1
 
 def check_task_name(name: object, fix: str) -> str:
     """`name` if it is a TASK_NAME, else InvalidInputError saying the rule and `fix` (what to do)."""
-    from bitfit_deploy.errors import InvalidInputError
+    from bitfit_deploy.errors import InvalidInputError, shown
 
     if isinstance(name, str) and TASK_NAME.fullmatch(name):
         return name
     raise InvalidInputError(
-        f"task name {name!r} is not usable: it names files and URLs, so use 1-128 letters, "
+        f"task name {shown(name)} is not usable: it names files and URLs, so use 1-128 letters, "
         f"digits, '.', '_' or '-', starting with a letter or digit; {fix}."
     )
 

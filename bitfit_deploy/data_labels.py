@@ -14,8 +14,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from bitfit_deploy.data_text import listing
-from bitfit_deploy.errors import DataError
+from bitfit_deploy.errors import DataError, listing
 
 _MAX_EXPONENT = 100
 Where = Callable[[int], str]

@@ -14,8 +14,8 @@ import importlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from bitfit_deploy.data_text import QUOTING, Table, listing, read_delimited, read_json
-from bitfit_deploy.errors import DataError
+from bitfit_deploy.data_text import QUOTING, Table, read_delimited, read_json
+from bitfit_deploy.errors import DataError, listing
 
 __all__ = ["QUOTING", "Table", "listing", "read_file"]
 

@@ -13,18 +13,16 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from bitfit_deploy.errors import DataError
+from bitfit_deploy.errors import DataError, listing
 
 QUOTING = ("none", "csv", "multiline")
 """How `"` is read in TSV/CSV: none (a plain character), csv (a field may be quoted, on one line)
 and multiline (a quoted field may also hold line breaks)."""
-SHOWN = 5
 _CSV_QUOTED = re.compile(r'"(?:[^"]|"")*"', re.DOTALL)
-"""How many offending lines an error lists before it gives only their count."""
 
 
 @dataclass
@@ -47,12 +45,6 @@ class Table:
     def where(self, i: int) -> str:
         """Where row `i` (0-based) is in the file: "line 7" or, without lines, "row 6"."""
         return f"line {self.lines[i]}" if self.lines is not None else f"row {i + 1}"
-
-
-def listing(places: Sequence[str]) -> str:
-    """The first few of `places` joined, with a count of the rest: "line 2, line 5 (and 8 more)"."""
-    shown = ", ".join(places[:SHOWN])
-    return shown + (f" (and {len(places) - SHOWN:,} more)" if len(places) > SHOWN else "")
 
 
 def read_delimited(text: str, source: str, delimiter: str, quoting: str, header: bool) -> Table:

@@ -6,6 +6,7 @@ The CLI maps them to exit messages and the server to HTTP statuses, each in one 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -110,3 +111,23 @@ def describe(value: Any) -> str:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """`repr(value)` for a message, cut after `limit` characters with the full length said: a
+    name from a URL or a file can be megabytes, and a message (or a log line) need not be."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value):,} characters)" if isinstance(value, str) else ""
+    return f"{text[:limit]}...{size}"
+
+
+SHOWN = 5
+"""How many offending items (lines, names) a message lists before it gives only their count."""
+
+
+def listing(places: Sequence[str], most: int = SHOWN) -> str:
+    """The first `most` of `places` joined, with a count of the rest: "line 2, line 5 (and 8 more)"."""
+    first = ", ".join(places[:most])
+    return first + (f" (and {len(places) - most:,} more)" if len(places) > most else "")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from bitfit_deploy.delta import TaskDelta
-from bitfit_deploy.errors import TaskExistsError, TaskNotFoundError
+from bitfit_deploy.errors import TaskExistsError, TaskNotFoundError, listing, shown
 from bitfit_deploy.manifest import BiasInput
 from bitfit_deploy.runtime.results import TaskInfo
 
@@ -101,9 +101,9 @@ class Snapshot:
                 return self.tasks[name]
             raise KeyError(name)
         except KeyError:
-            loaded = ", ".join(sorted(self.tasks)) or "none"
+            loaded = listing(sorted(self.tasks), 20) or "none"  # thousands, maybe
             raise TaskNotFoundError(
-                f"task {name!r} is not loaded (loaded: {loaded}); load it with load_task or "
+                f"task {shown(name)} is not loaded (loaded: {loaded}); load it with load_task or "
                 "PUT /v1/tasks/NAME first."
             ) from None
 

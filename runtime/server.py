@@ -39,6 +39,7 @@ from bitfit_deploy.errors import (
     TaskExistsError,
     TaskNotFoundError,
     describe,
+    shown,
 )
 from bitfit_deploy.runtime import oip
 from bitfit_deploy.runtime.batcher import Batcher, BatcherClosedError
@@ -245,7 +246,9 @@ class _Server:
     def _info(self, task: str) -> Any:
         info = self.runtime.tasks.get(task)
         if info is None:
-            raise TaskNotFoundError(f"no task {task!r} is loaded; GET /v1/tasks lists the tasks.")
+            raise TaskNotFoundError(
+                f"no task {shown(task)} is loaded; GET /v1/tasks lists the tasks."
+            )
         return info
 
     def _v2_info(self, request: Request) -> Any:

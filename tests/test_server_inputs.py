@@ -593,3 +593,34 @@ def test_an_unknown_task_in_a_mixed_request_names_its_index(
     body = {"requests": [{"task": t, "input": x} for t, x in rows]}
     message = error_of(client.post("/v1/predict", json=body), 404, "task_not_found")
     assert message.startswith(f"request {index}: task ")
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(length=st.integers(min_value=200, max_value=60_000))
+def test_an_unknown_task_of_a_huge_name_gets_a_short_answer(client, runtime, length) -> None:
+    """A 60 KB task name came back in full in the 404 detail (and the log); it is cut, with its
+    length said, in every message that names a task."""
+    name = "x" * length
+    for path, body in (
+        (f"/v1/tasks/{name}/predict", {"inputs": ["a"]}),
+        ("/v1/predict", {"requests": [{"task": name, "input": "a"}]}),
+    ):
+        detail = error_of(client.post(path, json=body), 404, "task_not_found")
+        assert len(detail) < 600 and f"({length:,} characters)" in detail
+    with pytest.raises(TaskNotFoundError) as caught:
+        runtime.predict(name, ["a"])
+    assert len(str(caught.value)) < 600
+
+
+@given(names=st.lists(st.text(min_size=1, max_size=300), max_size=60), most=st.integers(1, 30))
+def test_messages_list_a_few_names_and_count_the_rest(names, most) -> None:
+    from bitfit_deploy.errors import listing, shown
+
+    text = listing(names, most)
+    assert text.count(", ") >= min(len(names), most) - 1
+    if len(names) > most:
+        assert text.endswith(f"(and {len(names) - most:,} more)")
+    for name in names:
+        assert len(shown(name)) <= 80 + len("... (300 characters)")
