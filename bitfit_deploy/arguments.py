@@ -33,6 +33,21 @@ def check_whole(name: str, value: Any, optional: bool = False) -> None:
         raise InvalidInputError(f"{name} must be a whole number{allowed}, got {_shown(value)}.")
 
 
+def check_seconds(name: str, value: Any, optional: bool = False) -> None:
+    """`value` is a finite number of seconds, 0 or more (or None when `optional`: no limit)."""
+    if optional and value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 <= value < float("inf")
+    ):
+        allowed = " (or None for no limit)" if optional else ""
+        raise InvalidInputError(
+            f"{name} must be a number of seconds, 0 or more{allowed}, got {_shown(value)}."
+        )
+
+
 def check_flag(name: str, value: Any, optional: bool = False) -> None:
     """`value` is True or False (or None when `optional`)."""
     if not (isinstance(value, bool) or (optional and value is None)):

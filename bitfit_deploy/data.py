@@ -56,6 +56,14 @@ class Columns:
     def by_index(self) -> bool:
         """True when the columns are given by index: the file is read without a header."""
         given = [c for c in (self.text, self.pair, self.label) if c is not None]
+        for column in given:
+            if (isinstance(column, int) and not isinstance(column, bool) and column < 0) or (
+                isinstance(column, str) and column.startswith("-") and column[1:].isdigit()
+            ):
+                raise DataError(
+                    f"column index {column} is negative; indexes count from 0 at the left "
+                    "(for a file without a header), or give the column's name."
+                )
         as_int = [_as_index(c) is not None for c in given]
         if any(as_int) and not all(as_int):
             raise DataError(

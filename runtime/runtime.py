@@ -22,6 +22,7 @@ from bitfit_deploy.arguments import (
     MOST_THREADS,
     check_count,
     check_flag,
+    check_seconds,
     check_text,
 )
 from bitfit_deploy.contract import check_task_name, shortest_max_length
@@ -253,6 +254,7 @@ class Runtime:
         The checks run in the background on a static int8 variant and never delay serving.
         Returns False if `timeout` seconds pass first; True at once when there is nothing to check.
         """
+        check_seconds("timeout", timeout, optional=True)
         return True if self._range_checker is None else self._range_checker.wait(timeout)
 
     # ------------------------------------------------------------- predicting
@@ -324,6 +326,7 @@ class Runtime:
             results[i] = make_prediction(info, logits[row][: info.num_labels], encoded[i].truncated)
 
     def _add(self, delta: TaskDelta, name: str | None, replace: bool, source: str) -> str:
+        check_flag("replace", replace)
         m = self.manifest
         check_delta_fits(
             delta, m.base_fingerprint, m.pooling, self._bias_dims, m.hidden_size, source=source

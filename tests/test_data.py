@@ -240,6 +240,14 @@ def test_columns_by_index_refuse_a_header_row(tmp_path, label_header, text_heade
         assert data.train.texts == [f"text {i}" for i in range(len(labels))]
 
 
+@pytest.mark.parametrize("column", [-1, "-1", "-12"])
+def test_a_negative_column_index_is_named_as_such(tmp_path, column):
+    """It got an error about mixing names and indexes."""
+    path = write(tmp_path / "t.tsv", "a\tb\nx\t1\n")
+    with pytest.raises(DataError, match=f"column index {column} is negative"):
+        load_task_data(path, columns=Columns(text=column, label=1))
+
+
 def test_mixed_names_and_indexes_refused(tmp_path):
     path = write(tmp_path / "t.tsv", "a\tb\nx\t1\n")
     with pytest.raises(DataError, match="not a mix"):

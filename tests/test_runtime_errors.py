@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from runtime_fixtures import SENTENCES, synthetic_delta
 
@@ -274,3 +274,24 @@ def test_a_runtime_argument_of_the_wrong_type_or_range_is_named(bundle, argument
     with pytest.raises((InvalidInputError, ProviderUnavailableError, BundleError)) as caught:
         Runtime(bundle, **{argument: value})
     assert argument in str(caught.value) or isinstance(caught.value, ProviderUnavailableError)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(value=st.one_of(ODD_VALUES, st.floats(min_value=0, max_value=5)))
+def test_method_arguments_are_checked_too(runtime, tmp_path_factory, value):
+    """wait_for_int8_checks(timeout="1") was a raw TypeError; load_task(replace="no") replaced."""
+    accepted = value is None or (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e308
+    )
+    if accepted:
+        assert runtime.wait_for_int8_checks(timeout=min(value or 0, 0.01)) is True
+    else:
+        with pytest.raises(InvalidInputError, match="timeout must be a number of seconds"):
+            runtime.wait_for_int8_checks(timeout=value)
+    if not isinstance(value, bool):
+        path = tmp_path_factory.mktemp("d") / "alpha.safetensors"
+        save_delta(synthetic_delta(read_manifest(runtime.bundle_dir), "alpha", seed=1), path)
+        with pytest.raises(InvalidInputError, match="replace must be True or False"):
+            runtime.load_task(path, replace=value)
