@@ -167,6 +167,14 @@ class TaskDelta:
                 f"{source}: head shapes {self.head_weight.shape} and {self.head_bias.shape} do not "
                 "match ([num_labels, hidden] and [num_labels])."
             )
+        labels = self.metadata.labels
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated or any(not label.strip() for label in labels):
+            what = f"repeats {repeated}" if repeated else "holds an empty label"
+            raise DeltaFormatError(
+                f"{source}: metadata 'labels' {what}; each output needs a name of its own (its "
+                "scores are keyed by it). Train the task again."
+            )
         expected = 1 if self.metadata.problem_type == "regression" else len(self.metadata.labels)
         if self.num_labels != expected:
             raise DeltaFormatError(

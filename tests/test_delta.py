@@ -198,6 +198,18 @@ def test_a_bad_arity_or_max_length_is_refused(key, value, message):
         from_bytes(with_metadata(to_bytes(make_delta()), **{key: value}))
 
 
+@given(labels=st.lists(st.sampled_from(["a", "b", "", " ", "c"]), min_size=2, max_size=2))
+def test_labels_edited_to_repeat_or_be_empty_are_refused(labels):
+    """Hand-edited labels ["a", "a"] were read, and each answer's scores (keyed by label) lost
+    one output without a word; an empty label made the key ""."""
+    data = with_metadata(to_bytes(make_delta()), labels=json.dumps(labels))
+    if len(set(labels)) < len(labels) or any(not x.strip() for x in labels):
+        with pytest.raises(DeltaFormatError, match="metadata 'labels'"):
+            from_bytes(data)
+    else:
+        assert from_bytes(data).metadata.labels == labels
+
+
 def test_regression_delta_has_one_output():
     delta = make_delta(problem_type="regression")
     assert from_bytes(to_bytes(delta)).num_labels == 1
