@@ -175,7 +175,21 @@ def order_labels(keys: set[str], given: Sequence[str] | None, source: str) -> li
         names = list(given)
         unknown = sorted(keys - set(names))
         if unknown:
-            raise DataError(f"{source}: labels {unknown} are not among the expected {names}.")
+            folded = {n.casefold(): n for n in names}
+            cased = [
+                f"{u!r} (the task has {folded[u.casefold()]!r})"
+                for u in unknown
+                if u.casefold() in folded
+            ]
+            hint = (
+                f"; these differ from the task's labels only in case: {', '.join(cased)}"
+                if cased
+                else ""
+            )
+            raise DataError(
+                f"{source}: labels {unknown} are not among the expected {names}{hint}; write the "
+                "labels as the task was trained on them."
+            )
         return names
     if all(number(k) is not None for k in keys):
         return sorted(keys, key=lambda k: (number(k), k))

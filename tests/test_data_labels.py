@@ -168,3 +168,22 @@ def test_many_fractional_number_labels_suggest_a_regression(tmp_path, count, ste
     notes = load_task_data(path).train.report.notes
     hinted = any("--problem-type regression" in n for n in notes)
     assert hinted == (count > 20 and any(v != int(v) for v in values))
+
+
+@given(
+    gold=st.lists(st.sampled_from(["pos", "neg", "POS", "Neg", "other"]), min_size=1, max_size=4)
+)
+def test_labels_unknown_to_the_task_point_out_case_only_differences(tmp_path_factory, gold):
+    """Eval reads labels by the task's names; 'POS' against 'pos' said only "not among"."""
+    path = tmp_path_factory.mktemp("e") / "dev.tsv"
+    path.write_text("sentence\tlabel\n" + "".join(f"t {i}\t{g}\n" for i, g in enumerate(gold)))
+    unknown = sorted({g for g in gold} - {"pos", "neg"})
+    if not unknown:
+        assert load_task_data(path, label_names=["neg", "pos"]).labels == ["neg", "pos"]
+        return
+    with pytest.raises(DataError) as caught:
+        load_task_data(path, label_names=["neg", "pos"])
+    message = str(caught.value)
+    assert "not among the expected" in message
+    for label in unknown:
+        assert (f"{label!r} (the task has" in message) == (label.casefold() in ("pos", "neg"))
