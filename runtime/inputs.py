@@ -33,11 +33,17 @@ def check_input(item: Any, info: TaskInfo, index: int) -> TextInput:
     if isinstance(item, str):
         texts: tuple[str, ...] = (item,)
     elif isinstance(item, (tuple, list)):
-        if len(item) != 2 or not all(isinstance(x, str) for x in item):
+        if len(item) != 2:
             raise InvalidInputError(
                 f"{where} is {describe(item)}; a pair is exactly two texts [text, text_pair]. "
                 f"The task takes {takes}."
             )
+        for side, part in zip(("text", "text_pair"), item, strict=True):
+            if not isinstance(part, str):
+                raise InvalidInputError(
+                    f"{where}: the {side} of the pair is {describe(part)}, not a text; a pair is "
+                    f"two texts [text, text_pair]. The task takes {takes}."
+                )
         texts = (item[0], item[1])
     else:
         raise InvalidInputError(

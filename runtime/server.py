@@ -176,15 +176,21 @@ class _Server:
                 'the body must be {"requests": [{"task": ..., "input": ...}, ...]}.'
             )
         pairs = []
+        shape = '{"task": name, "input": text or [text, text_pair]}'
         for index, entry in enumerate(self._bounded(requests)):
-            if (
-                not isinstance(entry, dict)
-                or not isinstance(entry.get("task"), str)
-                or "input" not in entry
-            ):
+            if not isinstance(entry, dict):
                 raise InvalidInputError(
-                    f"request {index} is {describe(entry)}; each request is "
-                    '{"task": name, "input": text or [text, text_pair]}.'
+                    f"request {index} is {describe(entry)}; each request is {shape}."
+                )
+            missing = [key for key in ("task", "input") if key not in entry]
+            if missing:
+                raise InvalidInputError(
+                    f"request {index} has no {' or '.join(map(repr, missing))}; each request is {shape}."
+                )
+            if not isinstance(entry["task"], str):
+                raise InvalidInputError(
+                    f"request {index}: its task is {describe(entry['task'])}, not a task name "
+                    f"(a string); each request is {shape}."
                 )
             pairs.append((entry["task"], entry["input"]))
         rows = self._rows(pairs)

@@ -109,7 +109,7 @@ def test_a_max_length_too_short_for_any_text_is_refused(bundle, bundle_dir, tmp_
         ("pair", "great film", "is one text, but the task was trained on pairs"),
         ("pair", ["only one"], "a list of 1 item; a pair is exactly two texts"),
         ("legacy", ["a", "b", "c"], "a list of 3 items"),
-        ("legacy", ["a", 3], "a list of 2 items"),
+        ("legacy", ["a", 3], "the text_pair of the pair is an int"),
         ("legacy", {"text": "a", "text_pair": "b"}, "an object of 2 keys"),
         ("legacy", 3, "is an int"),
         ("legacy", None, "is null"),

@@ -567,10 +567,29 @@ def test_v2_binary_data_size_beyond_the_data_names_both_sizes(client) -> None:
     ),
 )
 def test_a_malformed_mixed_request_is_named_by_its_index(client, good, bad) -> None:
+    """The index, and what is wrong: not an object, a missing key, or a task that is no name."""
     requests = [{"task": "sent", "input": "fine"}] * good + [bad]
     response = client.post("/v1/predict", json={"requests": requests})
     assert response.status_code == 422
-    assert f"request {good} is" in response.json()["detail"]
+    detail = response.json()["detail"]
+    if not isinstance(bad, dict):
+        assert f"request {good} is" in detail
+    elif "task" not in bad:
+        assert f"request {good} has no 'task'" in detail
+    elif "input" not in bad:
+        assert f"request {good} has no 'input'" in detail
+    else:
+        assert f"request {good}: its task is an int, not a task name" in detail
+
+
+@pytest.mark.parametrize(
+    ("item", "side", "what"),
+    [([["a"], "b"], "text", "a list of 1 item"), (["a", 3], "text_pair", "an int")],
+)
+def test_a_pair_with_a_part_that_is_no_text_names_the_part(client, item, side, what) -> None:
+    body = {"requests": [{"task": "old", "input": item}]}
+    detail = error_of(client.post("/v1/predict", json=body), 422, "invalid_input")
+    assert f"the {side} of the pair is {what}, not a text" in detail
 
 
 @settings(
