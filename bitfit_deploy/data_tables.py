@@ -131,7 +131,17 @@ def _read_folder(path: Path, split: str) -> Table:
                     "them. Pass the split's own folder instead."
                 )
             loaded = loaded[chosen]
-        return Table(str(path), list(loaded.column_names), loaded.to_list())
+        rows = loaded.to_list()
+        for (
+            column,
+            feature,
+        ) in loaded.features.items():  # labels by name, as the data set names them
+            if isinstance(feature, datasets.ClassLabel):
+                for row in rows:
+                    value = row.get(column)
+                    if isinstance(value, int) and 0 <= value < feature.num_classes:
+                        row[column] = feature.int2str(value)
+        return Table(str(path), list(loaded.column_names), rows)
 
 
 @contextlib.contextmanager

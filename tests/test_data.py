@@ -70,6 +70,23 @@ def test_csv_json_jsonl_parquet_and_datasets_folder(tmp_path):
     assert len(folder.train) == 3 and len(folder.eval) == 2
 
 
+def test_a_datasets_class_label_reads_as_its_names(tmp_path):
+    """A saved `datasets` folder whose label is a ClassLabel read as '0' and '1'; the task then
+    answered '0' where the data set says 'negative'. Parquet keeps the integers (no names)."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "text": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["negative", "positive"]),
+        }
+    )
+    rows = {"text": ["good", "bad", "fine"], "label": [1, 0, 1]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "folder"))
+    data = load_task_data(tmp_path / "folder")
+    assert data.labels == ["negative", "positive"] and data.train.labels == [1, 0, 1]
+
+
 def test_headerless_file_by_column_index(tmp_path):
     path = write(
         tmp_path / "cola.tsv", "src\t1\t\tA fine sentence .\nsrc\t0\t*\tSentence bad a .\n"
