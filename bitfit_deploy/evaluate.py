@@ -24,9 +24,17 @@ import numpy as np
 
 from bitfit_deploy import __version__
 from bitfit_deploy._io import atomic_file
+from bitfit_deploy.arguments import MOST_BATCH, check_count, check_flag, check_path, check_text
 from bitfit_deploy.data import Columns, Split, load_task_data
+from bitfit_deploy.data_tables import QUOTING
 from bitfit_deploy.delta import TaskDelta, load_delta
-from bitfit_deploy.errors import DataError, FingerprintMismatchError, TaskNotFoundError
+from bitfit_deploy.errors import (
+    DataError,
+    FingerprintMismatchError,
+    InvalidInputError,
+    TaskNotFoundError,
+    describe,
+)
 from bitfit_deploy.manifest import read_manifest
 from bitfit_deploy.metrics import (
     DEFAULT_METRIC,
@@ -122,6 +130,22 @@ def evaluate(
         parallel: as for `Runtime` ("auto", "ops" or "rows").
     """
     from bitfit_deploy.runtime import Runtime
+
+    check_path("bundle", bundle)
+    check_path("task", task)
+    check_path("data", data)
+    check_count("max_rows", max_rows, 1 << 62, optional=True)
+    check_count("batch_size", batch_size, MOST_BATCH)
+    check_flag("progress", progress)
+    check_flag("drop_empty", drop_empty)
+    if preset is not None:
+        check_text("preset", preset, ("sst2", "rte", "..."))  # its value: get_preset
+    if quoting is not None:
+        check_text("quoting", quoting, QUOTING)
+    if columns is not None and not isinstance(columns, Columns):
+        raise InvalidInputError(
+            f"columns must be a bitfit_deploy.data.Columns, got {describe(columns)}."
+        )
 
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1, got {batch_size}.")

@@ -266,3 +266,38 @@ def test_packaged_minilm_eval_of_a_shipped_task(tmp_path):
     report = evaluate(tmp_path / "b", "sst2", sample / "dev.tsv", max_rows=64, progress=False)
     assert report.labels == ["negative", "positive"] and report.rows == 64
     assert report.metrics["accuracy"] > 0.6
+
+
+EVAL_ARGUMENTS = {  # argument -> what it accepts by type (values are checked further on)
+    "max_rows": lambda v: v is None or (type(v) is int and v >= 1),
+    "batch_size": lambda v: type(v) is int and 1 <= v <= 65536,
+    "progress": lambda v: isinstance(v, bool),
+    "drop_empty": lambda v: isinstance(v, bool),
+    "quoting": lambda v: v is None or isinstance(v, str),
+    "preset": lambda v: v is None or isinstance(v, str),
+    "columns": lambda v: v is None,
+    "threads": lambda v: v is None or (type(v) is int and 1 <= v <= 4096),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    argument=st.sampled_from(sorted(EVAL_ARGUMENTS)),
+    value=st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-5, 2**70),
+        st.floats(allow_nan=True),
+        st.text(max_size=3),
+        st.lists(st.integers(), max_size=2),
+    ),
+)
+def test_an_eval_argument_of_the_wrong_type_is_named(bundle, trained, argument, value):
+    """evaluate(batch_size="8") or max_rows="3" were TypeErrors; progress="no" showed a bar."""
+    from bitfit_deploy.errors import InvalidInputError
+
+    deltas, files = trained
+    if EVAL_ARGUMENTS[argument](value):
+        return
+    with pytest.raises(InvalidInputError, match=argument if argument != "threads" else "threads"):
+        evaluate(bundle, str(deltas["bitfit"]), files["dev"], **{argument: value})
