@@ -33,8 +33,8 @@ def check_whole(name: str, value: Any, optional: bool = False) -> None:
         raise InvalidInputError(f"{name} must be a whole number{allowed}, got {_shown(value)}.")
 
 
-def check_seconds(name: str, value: Any, optional: bool = False) -> None:
-    """`value` is a finite number of seconds, 0 or more (or None when `optional`: no limit)."""
+def check_seconds(name: str, value: Any, optional: bool = False, unit: str = "seconds") -> None:
+    """`value` is a finite number of `unit`, 0 or more (or None when `optional`: no limit)."""
     if optional and value is None:
         return
     if (
@@ -44,7 +44,7 @@ def check_seconds(name: str, value: Any, optional: bool = False) -> None:
     ):
         allowed = " (or None for no limit)" if optional else ""
         raise InvalidInputError(
-            f"{name} must be a number of seconds, 0 or more{allowed}, got {_shown(value)}."
+            f"{name} must be a number of {unit}, 0 or more{allowed}, got {_shown(value)}."
         )
 
 

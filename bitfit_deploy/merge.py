@@ -20,6 +20,7 @@ from typing import Any
 
 from bitfit_deploy import folder_readme
 from bitfit_deploy._io import atomic_dir, check_output
+from bitfit_deploy.arguments import check_flag, check_path
 from bitfit_deploy.delta import TASK_JSON, DeltaMetadata, load_delta, read_folder_info
 from bitfit_deploy.errors import DeltaFormatError, FingerprintMismatchError
 from bitfit_deploy.fingerprint import short
@@ -63,6 +64,10 @@ def merge(
     force: bool = False,
 ) -> MergeResult:
     """Merge the delta at `delta_path` into its base (`model`, else the delta's hint, else the packaged one)."""
+    check_path("delta_path", delta_path)
+    check_path("output", output)
+    check_path("model", model, optional=True)
+    check_flag("force", force)
     delta = load_delta(delta_path)
     check_output(output, force, "output folder")  # before loading the model, not after
     meta = delta.metadata

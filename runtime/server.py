@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bitfit_deploy import __version__
+from bitfit_deploy.arguments import MOST_BATCH, check_count, check_seconds
 from bitfit_deploy.contract import check_task_name
 from bitfit_deploy.errors import (
     DeltaFormatError,
@@ -413,6 +414,13 @@ def create_app(
     `admin` keeps the admin routes' changes: a `StoreSync` (the task store, followed every
     `poll_s` seconds while the app runs) or, by default, this process's memory.
     """
+    check_count("max_batch_size", max_batch_size, MOST_BATCH)
+    check_seconds("max_delay_ms", max_delay_ms, unit="milliseconds")
+    if admin_token is not None and (not isinstance(admin_token, str) or not admin_token):
+        raise InvalidInputError(
+            f"admin_token must be a non-empty string (or None: no admin routes), got "
+            f"{describe(admin_token)}."
+        )
     server = _Server(runtime, max_batch_size, max_delay_ms, admin_token, limits or Limits(), admin)
     s = server
     routes = [

@@ -357,3 +357,17 @@ def test_a_damaged_task_file_in_a_merged_folder_is_one_error(merged, tmp_path, c
     (folder / "bitfit_task.json").write_text(text)
     with pytest.raises(DeltaFormatError, match=re.escape(says)):
         load_model_folder(folder)
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [("delta_path", 3), ("output", None), ("model", 2.5), ("force", "yes"), ("force", None)],
+)
+def test_merge_checks_its_arguments(tmp_path, argument, value):
+    """merge(force="yes") forced; merge(delta_path=3) was a TypeError from pathlib."""
+    from bitfit_deploy.errors import InvalidInputError
+
+    arguments = {"delta_path": tmp_path / "d.safetensors", "output": tmp_path / "out"}
+    with pytest.raises(InvalidInputError, match=argument):
+        merge(**{**arguments, argument: value})
+    assert not (tmp_path / "out").exists()

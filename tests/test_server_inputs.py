@@ -643,3 +643,31 @@ def test_messages_list_a_few_names_and_count_the_rest(names, most) -> None:
         assert text.endswith(f"(and {len(names) - most:,} more)")
     for name in names:
         assert len(shown(name)) <= 80 + len("... (300 characters)")
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    argument=st.sampled_from(["max_batch_size", "max_delay_ms", "admin_token"]),
+    value=st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-3, 2**70),
+        st.floats(allow_nan=True),
+        st.text(max_size=3),
+    ),
+)
+def test_create_app_checks_its_arguments(runtime, argument, value) -> None:
+    """create_app(max_batch_size="8") failed later, inside the batcher; admin_token="" silently
+    turned admin off. Each is an InvalidInputError naming the argument, at once."""
+    from bitfit_deploy.errors import InvalidInputError
+
+    accepted = {
+        "max_batch_size": lambda v: type(v) is int and 1 <= v <= 65536,
+        "max_delay_ms": lambda v: type(v) in (int, float) and 0 <= v < float("inf"),
+        "admin_token": lambda v: v is None or (isinstance(v, str) and v != ""),
+    }[argument](value)
+    if accepted:
+        create_app(runtime, **{argument: value})
+    else:
+        with pytest.raises(InvalidInputError, match=argument):
+            create_app(runtime, **{argument: value})
