@@ -285,3 +285,30 @@ def test_a_run_that_changed_no_bias_says_so(tiny_bert, toy_tsv, tmp_path):
     assert not any(v.any() for v in load_delta(tmp_path / "a.safetensors").biases.values())
     moved = run(*train_args(tiny_bert, data, tmp_path / "b.safetensors", "--max-steps", "4"))
     assert moved.exit_code == 0 and "changed no bias" not in moved.output
+
+
+def _float_options(command_name: str) -> list[str]:
+    from bitfit_deploy.cli import cli
+    from bitfit_deploy.commands._options import FiniteFloat
+
+    command = cli.commands[command_name]
+    return [p.opts[0] for p in command.params if isinstance(p.type, FiniteFloat)]
+
+
+@pytest.mark.parametrize("command_name", ["serve", "train"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "NaN"])
+def test_every_float_option_refuses_values_that_are_not_finite(command_name, value):
+    """click's FloatRange took "nan" and "inf": `serve --max-delay-ms nan` or `--drain-s inf`
+    made no sense and failed later, if at all. Every float option now refuses them by name."""
+    options = _float_options(command_name)
+    assert options, "no float option found"
+    for option in options:
+        result = run_invoke([command_name, option, value])
+        assert result.exit_code == 2 and option in result.output
+        assert "is not a finite number" in result.output or "is not in the range" in result.output
+
+
+def run_invoke(args: list[str]):
+    from bitfit_deploy.cli import cli
+
+    return CliRunner().invoke(cli, args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -15,6 +16,17 @@ from bitfit_deploy.runtime.parallel import PARALLEL_MODES
 F = TypeVar("F", bound=Callable[..., object])
 
 PROVIDERS = ("cpu", "cuda")
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option within its range and finite: click's FloatRange lets "nan" and "inf" (and
+    1e400, read as inf) through, and a NaN or endless delay, drain or poll makes no sense."""
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201 - click's signature
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def runtime_options(func: F) -> F:

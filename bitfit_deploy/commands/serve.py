@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from bitfit_deploy.commands._options import runtime_options
+from bitfit_deploy.commands._options import FiniteFloat, runtime_options
 
 
 def _check_token(value: str | None) -> str | None:
@@ -47,7 +47,7 @@ def _check_token(value: str | None) -> str | None:
 )
 @click.option(
     "--tasks-poll-s",
-    type=click.FloatRange(min=0.05),
+    type=FiniteFloat(min=0.05),
     default=2.0,
     show_default=True,
     help="How often the task store is re-read for other servers' changes.",
@@ -69,7 +69,7 @@ def _check_token(value: str | None) -> str | None:
 )
 @click.option(
     "--max-delay-ms",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=5.0,
     show_default=True,
     help="Longest wait for a batch to fill.",
@@ -97,21 +97,21 @@ def _check_token(value: str | None) -> str | None:
 )
 @click.option(
     "--body-timeout-s",
-    type=click.FloatRange(min=0.1),
+    type=FiniteFloat(min=0.1),
     default=30.0,
     show_default=True,
     help="A request body must arrive within this after its headers (else 408, connection closed).",
 )
 @click.option(
     "--keep-alive-s",
-    type=click.FloatRange(min=0.1),
+    type=FiniteFloat(min=0.1),
     default=5.0,
     show_default=True,
     help="Idle keep-alive connections are closed after this.",
 )
 @click.option(
     "--drain-timeout-s",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=30.0,
     show_default=True,
     help="On SIGTERM, how long requests in flight may still run before the server exits.",

@@ -7,7 +7,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from bitfit_deploy.commands._options import POOLING_CHOICES, model_option, reading_options
+from bitfit_deploy.commands._options import (
+    POOLING_CHOICES,
+    FiniteFloat,
+    model_option,
+    reading_options,
+)
 from bitfit_deploy.contract import PROBLEM_TYPES
 
 if TYPE_CHECKING:
@@ -63,7 +68,7 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--epochs",
-    type=float,
+    type=FiniteFloat(),
     default=None,
     help="Training epochs [default: 2; 10 with --method head].",
 )
@@ -74,7 +79,10 @@ if TYPE_CHECKING:
     help="Stop after this many optimizer steps (overrides --epochs).",
 )
 @click.option(
-    "--lr", type=float, default=None, help="Peak learning rate [default: 5e-3 bitfit, 5e-5 full]."
+    "--lr",
+    type=FiniteFloat(),
+    default=None,
+    help="Peak learning rate [default: 5e-3 bitfit, 5e-5 full].",
 )
 @click.option(
     "--batch-size", type=int, default=32, show_default=True, help="Examples per step and device."
