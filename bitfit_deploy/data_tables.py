@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bitfit_deploy.data_text import QUOTING, Table, read_delimited, read_json
 from bitfit_deploy.errors import DataError, listing
+from bitfit_deploy.reading import open_regular, read_regular
 
 __all__ = ["QUOTING", "Table", "listing", "read_file"]
 
@@ -57,7 +58,10 @@ def read_file(
         import pyarrow.parquet as pq
 
         try:
-            arrow = pq.read_table(path)
+            with open_regular(path, "data file", DataError) as fh:
+                arrow = pq.read_table(fh)
+        except DataError:
+            raise
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise DataError(f"cannot read {source!r} as Parquet: {exc}") from exc
         return Table(source, list(arrow.column_names), arrow.to_pylist())
@@ -92,8 +96,9 @@ def _read_text(path: Path, compression: str | None) -> str:
 
 
 def _read_bytes(path: Path, compression: str | None) -> bytes:
+    raw = read_regular(path, "data file", DataError)  # a FIFO would block, /dev/zero never end
     if compression is None:
-        return path.read_bytes()
+        return raw
     module = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma", ".zst": "zstandard"}[compression]
     try:
         decompress = importlib.import_module(module).decompress
@@ -103,7 +108,7 @@ def _read_bytes(path: Path, compression: str | None) -> bytes:
             "decompress the file first."
         ) from None
     try:
-        return decompress(path.read_bytes())
+        return decompress(raw)
     except Exception as exc:  # gzip/bz2/lzma/zstandard each raise their own type
         raise DataError(
             f"{path}: cannot decompress it as {compression} ({exc}); check that the file is whole "

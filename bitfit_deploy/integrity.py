@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from bitfit_deploy._io import atomic_file
 from bitfit_deploy.errors import BundleError, InvalidInputError
-from bitfit_deploy.reading import open_regular
+from bitfit_deploy.reading import open_regular, read_regular
 
 if TYPE_CHECKING:
     from bitfit_deploy.manifest import Manifest
@@ -161,10 +161,15 @@ def _marker_path(markers: Path, path: Path) -> Path:
     return markers / f"{hashlib.sha256(real.encode('utf-8', 'surrogateescape')).hexdigest()}.json"
 
 
+MARKER_BYTES = 64 << 10
+"""A marker is a line of JSON; anything larger (or no regular file) is no marker of ours."""
+
+
 def _read_marker(markers: Path, path: Path) -> dict[str, object] | None:
-    try:
-        data = json.loads(_marker_path(markers, path).read_text())
-    except (OSError, ValueError):
+    try:  # a FIFO or a link to /dev/zero in the cache must not block or fill memory: ignored
+        raw = read_regular(_marker_path(markers, path), "marker", BundleError, MARKER_BYTES)
+        data = json.loads(raw)
+    except (BundleError, OSError, ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or data.get("path") != os.path.realpath(path):
         return None
@@ -197,7 +202,8 @@ def _prune(markers: Path) -> None:
     _pruned = True
     for entry in entries:
         try:
-            if not os.path.exists(json.loads(entry.read_text()).get("path", "")):
+            raw = read_regular(entry, "marker", BundleError, MARKER_BYTES)
+            if not os.path.exists(json.loads(raw).get("path", "")):
                 entry.unlink()
-        except (OSError, ValueError, AttributeError):
+        except (BundleError, OSError, ValueError, AttributeError, RecursionError):
             entry.unlink(missing_ok=True)

@@ -4,7 +4,6 @@ both are refused with an error that says what the path is."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from typing import BinaryIO
@@ -28,8 +27,11 @@ def open_regular(
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        with contextlib.suppress(OSError):  # a socket, say, cannot be opened at all
-            _check_regular(os.stat(path).st_mode, path, what, error)
+        try:  # a socket, say, cannot be opened at all: say what it is
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        _check_regular(mode, path, what, error)
         raise error(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}.") from exc
     try:
         info = os.fstat(fd)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from bitfit_deploy.commands._inputs import split_lines
 from bitfit_deploy.contract import ATTENTION_MASK
 from bitfit_deploy.errors import DataError
+from bitfit_deploy.reading import read_regular
 from bitfit_deploy.runtime.engine import HostEngine
 from bitfit_deploy.runtime.registry import BiasLayout, LoadedTask
 from bitfit_deploy.runtime.results import TaskInfo
@@ -58,12 +59,9 @@ def read_calibration_texts(path: str | os.PathLike[str] | None = None) -> Calibr
         items: list[TextInput] = [*doc["texts"], *(tuple(p) for p in doc["pairs"])]
         return CalibrationTexts(items, "shipped (SST-2 and TREC samples)")
     file = Path(path)
-    try:
-        data = file.read_bytes()
-    except FileNotFoundError:
-        raise DataError(
-            f"calibration file {str(file)!r} does not exist; check --calibration."
-        ) from None
+    if not os.path.lexists(file):
+        raise DataError(f"calibration file {str(file)!r} does not exist; check --calibration.")
+    data = read_regular(file, "calibration file", DataError)
     items = []
     for number, raw in enumerate(split_lines(data), start=1):  # as `predict --input` reads lines
         try:

@@ -111,8 +111,13 @@ class TaskStore:
                     elif suffix == UNLOADED:
                         unloaded.add(name)
                     else:
-                        with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                        try:
                             files[name] = Stamp.of(entry.stat())
+                        except FileNotFoundError:
+                            if entry.is_symlink():  # a link to nothing: read, so it is reported
+                                files[name] = Stamp.of(entry.stat(follow_symlinks=False))
+                        except OSError:  # a link loop, no permission: read, so it is reported
+                            files[name] = Stamp.of(entry.stat(follow_symlinks=False))
         return files, unloaded, sorted(bad)
 
     def read(self, name: str) -> bytes:

@@ -287,7 +287,9 @@ def _within(seconds: float, call):  # noqa: ANN001, ANN202
     return box["value"]
 
 
-@pytest.mark.parametrize("kind", ["fifo", "folder", "device", "link to a device", "socket"])
+@pytest.mark.parametrize(
+    "kind", ["fifo", "folder", "device", "link to a device", "socket", "link loop", "dangling link"]
+)
 def test_a_store_entry_that_is_no_regular_file_is_skipped_not_read(
     bundle: Path, deltas: dict[str, bytes], tmp_path: Path, kind: str
 ) -> None:
@@ -306,6 +308,10 @@ def test_a_store_entry_that_is_no_regular_file_is_skipped_not_read(
         odd.symlink_to("/dev/null")
     elif kind == "link to a device":
         odd.symlink_to("/dev/zero")
+    elif kind == "link loop":  # ELOOP at stat: start-up was a traceback, later polls stopped
+        odd.symlink_to(odd.name)
+    elif kind == "dangling link":
+        odd.symlink_to("nothing-here.safetensors")
     else:
         server = socket.socket(socket.AF_UNIX)
         server.bind(str(odd))
@@ -315,9 +321,12 @@ def test_a_store_entry_that_is_no_regular_file_is_skipped_not_read(
     assert sorted(rt.tasks) == ["a"]
     if kind != "folder":  # a folder is no file to the scan at all
         (problem,) = problems
-        assert "odd.safetensors" in problem and "not a regular file" in problem
+        assert "odd.safetensors" in problem
+        assert "not a regular file" in problem or "cannot read task store file" in problem
     assert same(answers(rt, "a"), reference(bundle, deltas["a1"]))
     assert _within(10, sync.sync) == []  # reported once
+    (tmp_path / "b.safetensors").write_bytes(deltas["b"])  # the store is still followed
+    assert _within(10, sync.sync) == [] and sorted(rt.tasks) == ["a", "b"]
 
 
 @pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
@@ -362,3 +371,62 @@ def test_every_reader_of_a_named_file_refuses_one_that_is_no_regular_file(
     if kind != "folder":  # inspect reads a folder as a merged model folder
         result = _within(20, lambda: CliRunner().invoke(cli, ["inspect", str(odd)]))
         assert result.exit_code != 0 and what in result.output
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_data_calibration_and_marker_readers_refuse_what_is_no_file(
+    bundle: Path, tmp_path: Path, kind: str, monkeypatch
+) -> None:
+    """Training and eval data, a calibration file and a verified marker that are a FIFO hung,
+    and a link to /dev/zero was read until a MemoryError; each is now refused (data) or
+    ignored (a marker: the cache only makes opening faster)."""
+    from bitfit_deploy.data import load_task_data
+    from bitfit_deploy.errors import DataError
+    from bitfit_deploy.exporters.calibrate import read_calibration_texts
+
+    def odd(name: str) -> Path:
+        path = tmp_path / name
+        if kind == "fifo":
+            os.mkfifo(path)
+        else:
+            path.symlink_to("/dev/zero")
+        return path
+
+    what = "named pipe" if kind == "fifo" else "character device"
+    for name in ("train.tsv", "train.jsonl", "train.parquet", "train.tsv.gz"):
+        with pytest.raises(DataError, match=what):
+            _within(10, lambda name=name: load_task_data(odd(name)))
+    with pytest.raises(DataError, match=what):
+        _within(10, lambda: read_calibration_texts(odd("calibration.txt")))
+
+    from bitfit_deploy.integrity import _marker_path
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    monkeypatch.setenv("BITFIT_DEPLOY_CACHE_DIR", str(markers))
+    for file in bundle.iterdir():  # where each bundle file's marker would be
+        if file.is_file():
+            marker = _marker_path(markers, file)
+            if kind == "fifo":
+                os.mkfifo(marker)
+            else:
+                marker.symlink_to("/dev/zero")
+    rt = _within(30, lambda: runtime(bundle))  # the files are hashed, as without markers
+    assert rt.manifest.variants
+
+
+def test_predict_input_refuses_a_device_and_reads_a_pipe(tmp_path: Path) -> None:
+    import io
+
+    from bitfit_deploy.commands._inputs import read_input
+    from bitfit_deploy.errors import InvalidInputError
+
+    with open("/dev/zero", "rb") as zero, pytest.raises(InvalidInputError, match="a device"):
+        read_input(zero)
+    with pytest.raises(InvalidInputError, match="more than 8 bytes"):
+        read_input(io.BytesIO(b"x" * 9), limit=8)
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, b"a\nb\n")
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:  # `--input -` from a pipe, or <(command)
+        assert read_input(pipe) == b"a\nb\n"

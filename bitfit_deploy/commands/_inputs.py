@@ -11,7 +11,10 @@ blank, in any form) becomes a `Row` with an error instead, and keeps its place.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from bitfit_deploy.runtime.tokenize import TextInput
 
@@ -30,6 +33,35 @@ class Row:
     def error_dict(self) -> dict[str, object]:
         """The JSON line printed in this input's place when it cannot be predicted."""
         return {self.source: self.number, "error": "invalid_input", "detail": self.error}
+
+
+MAX_INPUT_BYTES = 1 << 30
+"""`predict --input` reads the whole input first; past this, split it (or serve it)."""
+
+
+def read_input(stream: BinaryIO, limit: int = MAX_INPUT_BYTES) -> bytes:
+    """The whole of `--input`: a file, a pipe or stdin (`-`), never a device such as /dev/zero,
+    which would be read until memory ran out, and at most `limit` bytes."""
+    from bitfit_deploy.errors import InvalidInputError
+
+    try:
+        fd = stream.fileno()
+        mode, terminal = os.fstat(fd).st_mode, os.isatty(fd)
+    except (OSError, ValueError, AttributeError):  # no descriptor: an in-memory stream
+        mode, terminal = stat.S_IFREG, False
+    device = stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode)
+    if device and not terminal:  # typing the inputs at a terminal is fine
+        name = getattr(stream, "name", "--input")
+        raise InvalidInputError(
+            f"--input {name!r} is a device or socket, not a file or pipe of inputs."
+        )
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise InvalidInputError(
+            f"--input holds more than {limit:,} bytes; split it into smaller files, or send "
+            "the inputs to `serve`."
+        )
+    return data
 
 
 def split_lines(data: bytes) -> list[bytes]:

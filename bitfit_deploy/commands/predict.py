@@ -61,6 +61,7 @@ def command(
         Row,
         guess_format,
         is_json_lines_name,
+        read_input,
         read_rows,
         split_lines,
         text_row,
@@ -68,7 +69,7 @@ def command(
     from bitfit_deploy.errors import InvalidInputError, TaskNotFoundError
     from bitfit_deploy.runtime import Runtime
 
-    lines = split_lines(input_file.read()) if input_file is not None else []
+    lines = split_lines(read_input(input_file)) if input_file is not None else []
     if not texts and not lines:
         raise InvalidInputError(
             "nothing to predict: give TEXT arguments or --input FILE (one input per line)."
