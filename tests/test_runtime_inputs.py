@@ -218,3 +218,44 @@ def test_tokenizer_fast_path_matches_full_encoding(bundle_dir, items, lengths):
         want = full.encode_batch([item])[0]
         assert (encoded.ids, encoded.type_ids) == (want.ids, want.type_ids)
         assert encoded.truncated == bool(want.overflowing)
+
+
+WORDS = st.text(alphabet=st.sampled_from("ab é日\t-.'"), max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    first=st.lists(WORDS, max_size=12).map(" ".join),
+    second=st.lists(WORDS, max_size=12).map(" ".join),
+    length=st.integers(min_value=5, max_value=24),
+)
+def test_pairs_are_cut_exactly_as_the_tokenizer_cuts_them(first, second, length):
+    """Pairs are cut without the tokenizer's own pair truncation (quadratic: it builds every
+    overflow combination); the ids, segments and `truncated` flag must be the same."""
+    from conftest import packaged_model_dir
+    from tokenizers import Tokenizer
+
+    from bitfit_deploy.runtime.tokenize import BundleTokenizer
+
+    path = packaged_model_dir() / "tokenizer.json"
+    ours = BundleTokenizer(path, 64, 0, ["input_ids", "token_type_ids"])
+    (got,) = ours.encode([(first, second)], [length])
+    reference = Tokenizer.from_file(str(path))
+    reference.no_padding()
+    reference.enable_truncation(max_length=length, strategy="longest_first")
+    want = reference.encode(first, second)
+    assert (got.ids, got.type_ids) == (want.ids, want.type_ids)
+    assert got.truncated == bool(want.overflowing)
+
+
+def test_a_pair_of_long_sides_costs_time_linear_in_its_length():
+    """Two 20,000-character sides (the server's per-text limit) took seconds and gigabytes; one
+    pair now tokenizes like its two texts alone. Counted in tokens, not timed: the kept lengths."""
+    from conftest import packaged_model_dir
+
+    from bitfit_deploy.runtime.tokenize import BundleTokenizer
+
+    tokenizer = BundleTokenizer(packaged_model_dir() / "tokenizer.json", 128, 0, ["input_ids"])
+    side = "word " * 4000
+    rows = tokenizer.encode([(side, side)] * 4, [16, 16, 128, 128])
+    assert [len(r) for r in rows] == [16, 16, 128, 128] and all(r.truncated for r in rows)
