@@ -290,6 +290,8 @@ def check_config(config: TrainConfig) -> None:
             raise DataError(f"{name} must be from 1 to {most:,}, got {value}.")
     if config.lr is not None and not 0 <= config.lr < math.inf:  # 0: the weights stay as they are
         raise DataError(f"lr must be a number >= 0, got {config.lr}; try 5e-3 for bitfit.")
+    if not 0 <= config.seed < 2**32:  # numpy's and torch's seeds; past them a traceback
+        raise DataError(f"seed must be from 0 to {2**32 - 1:,}, got {config.seed}.")
     if not 0 <= config.warmup < 1:
         raise DataError(
             f"warmup must be a share of the steps from 0 to below 1, got {config.warmup}."

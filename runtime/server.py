@@ -212,7 +212,7 @@ class _Server:
 
     async def delete_task(self, request: Request) -> Response:
         self._authorize(request)
-        name = request.path_params["task"]
+        name = check_task_name(request.path_params["task"], "no task of this name can be loaded")
         await self.batcher.call(self.admin.delete, name)
         log.info("unloaded task %s", name)
         return JSONResponse({"unloaded": name})

@@ -258,6 +258,8 @@ def test_a_train_config_of_any_shape_is_refused_with_a_message_or_accepted(data)
             assert name in ("drop_empty", "force", "progress"), (name, value)
         if name in ("batch_size", "max_length", "seed"):
             assert type(value) is int
+        if name == "seed":  # numpy's range: -1 or 2**32 was a traceback after loading the model
+            assert 0 <= value < 2**32
 
 
 @pytest.mark.parametrize(

@@ -78,9 +78,13 @@ def test_runtime_and_server_refuse_the_same_names(tiny_int8_bundle, named, tmp_p
     assert runtime.load_task_bytes(to_bytes(named("ok")), name="ok.v2") == "ok.v2"
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with serve(create_app(runtime, admin_token=TOKEN)) as base:
-        for name in ("my%20task", ".hidden", "abc%0A", "x" * 129):
+        for name in ("my%20task", ".hidden", "abc%0A", "x" * 129, "a%00b", "y" * 5000):
             r = httpx.put(f"{base}/v1/tasks/{name}", content=to_bytes(named("ok")), headers=auth)
             assert r.status_code == 422 and "1-128 letters" in r.text, (name, r.text)
+            # DELETE too: a NUL byte was a 500 (a ValueError from the file system), a long
+            # name a 500 whose body repeated it
+            r = httpx.delete(f"{base}/v1/tasks/{name}", headers=auth)
+            assert r.status_code == 422 and "1-128 letters" in r.text and len(r.text) < 600
         r = httpx.put(f"{base}/v1/tasks/good-1", content=to_bytes(named("ok")), headers=auth)
         assert r.status_code == 201, r.text
 
