@@ -12,6 +12,7 @@ ids in a fixed order that is stored with the task, so that predictions map back 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,6 +280,14 @@ class _Raw:
         return Split(self.texts, self.pairs, encoded, self.report)
 
 
+HEADER_WORDS = {"label", "labels", "class", "category", "target", "score", "sentiment", "quality"}
+"""Words of a label column's name ("label_coarse", "Label", "class_id"): a first row whose label
+cell holds one as a word, and occurs only there, is a header."""
+TEXT_HEADER_NAMES = {
+    c.casefold() for c in (*TEXT_CANDIDATES, *PAIR_CANDIDATES.values(), "review", "content")
+}
+
+
 def _refuse_a_header_row(table: Table, cols: dict[str, str | None]) -> None:
     """Columns by index read a file without a header: a first row whose label cell is a column
     name ("label", "score", ...) is a header, which would train as a row of its own class."""
@@ -286,7 +295,13 @@ def _refuse_a_header_row(table: Table, cols: dict[str, str | None]) -> None:
         return
     first = table.rows[0]
     label = first.get(cols["label"])
-    if isinstance(label, str) and label.strip() in LABEL_CANDIDATES:
+    text = first.get(cols["text"])
+    words = set(re.split(r"[^a-z0-9]+", label.casefold())) if isinstance(label, str) else set()
+    named = bool(words & HEADER_WORDS) or (
+        isinstance(text, str) and text.strip().casefold() in TEXT_HEADER_NAMES
+    )
+    once = sum(1 for row in table.rows if row.get(cols["label"]) == label) == 1
+    if named and once:
         cells = ", ".join(repr(first.get(c)) for c in cols.values() if c is not None)
         raise DataError(
             f"{table.source}: {table.where(0)} ({cells}) looks like a header, but columns given "

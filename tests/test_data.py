@@ -234,6 +234,29 @@ def test_a_given_column_clashing_with_a_guessed_one_is_refused(tmp_path, header,
             load_task_data(path, columns=columns)
 
 
+@pytest.mark.parametrize(
+    ("header", "refused"),
+    [
+        ("text\tlabel_coarse", True),
+        ("Text\tLabel", True),
+        ("title\tlabel_name", True),
+        ("review\tclass_id", True),
+        ("sentence\tpositive", True),  # a text column's name: the first row is a header
+        ("a fine film\tclassic", False),  # 'classic' is no column word: a row
+        ("a fine film\tvintage", False),
+    ],
+)
+def test_header_rows_of_other_names_are_refused_under_index_columns(tmp_path, header, refused):
+    """TREC's `label_coarse`, AG News' `label_name` and `Label` trained as classes of their own."""
+    body = "".join(f"row {i}\t{y}\n" for i, y in enumerate(["DESC", "ENTY", "DESC", "ENTY"]))
+    path = write(tmp_path / "t.tsv", header + "\n" + body)
+    if refused:
+        with pytest.raises(DataError, match="looks like a header"):
+            load_task_data(path, columns=Columns(text=0, label=1))
+    else:
+        assert len(load_task_data(path, columns=Columns(text=0, label=1)).train) == 5
+
+
 @settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
