@@ -9,6 +9,7 @@ names its row and value before any model is loaded.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
@@ -83,6 +84,8 @@ def multi_values(value: Any) -> list[Any]:
 
 def _multi_problem(part: Any) -> str | None:
     """Why one label of a multi-label row cannot be a label name, else None."""
+    if part is None or isinstance(part, bool):  # JSON null or true in a list: no label name
+        return f"the label {json.dumps(part)}"
     if isinstance(part, str) and not part.strip():
         return "an empty label"
     if isinstance(part, str) and "," in part:

@@ -13,6 +13,7 @@ import contextlib
 import importlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from bitfit_deploy.data_text import QUOTING, Table, read_delimited, read_json
 from bitfit_deploy.errors import DataError, listing
@@ -137,16 +138,32 @@ def _read_folder(path: Path, split: str) -> Table:
                 )
             loaded = loaded[chosen]
         rows = loaded.to_list()
-        for (
-            column,
-            feature,
-        ) in loaded.features.items():  # labels by name, as the data set names them
-            if isinstance(feature, datasets.ClassLabel):
+        for column, feature in loaded.features.items():  # labels by name, as the set names them
+            classes = _class_label(feature, datasets)
+            if classes is not None:
                 for row in rows:
-                    value = row.get(column)
-                    if isinstance(value, int) and 0 <= value < feature.num_classes:
-                        row[column] = feature.int2str(value)
+                    row[column] = _class_names(row.get(column), classes)
         return Table(str(path), list(loaded.column_names), rows)
+
+
+def _class_label(feature: Any, datasets: Any) -> Any:
+    """The ClassLabel of a label column, or of a multi-label list column (Sequence/List of
+    ClassLabel); None for any other column."""
+    if isinstance(feature, datasets.ClassLabel):
+        return feature
+    inner = getattr(feature, "feature", None)  # Sequence(ClassLabel) / List(ClassLabel)
+    if isinstance(feature, list) and len(feature) == 1:
+        inner = feature[0]
+    return inner if isinstance(inner, datasets.ClassLabel) else None
+
+
+def _class_names(value: Any, classes: Any) -> Any:
+    """A ClassLabel value as its name; -1, the data set's "no label", as None (a missing label)."""
+    if isinstance(value, list):
+        return [_class_names(v, classes) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return classes.int2str(value) if 0 <= value < classes.num_classes else None
+    return value
 
 
 @contextlib.contextmanager

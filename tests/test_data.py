@@ -118,6 +118,42 @@ def test_multi_label_from_lists_and_comma_strings(tmp_path):
         assert data.train.labels == [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
 
 
+@pytest.mark.parametrize("odd", [None, True, False])
+def test_a_null_or_boolean_inside_a_multi_label_list_is_refused(tmp_path, odd):
+    """["a", null] made a label "None", ["a", true] one named "True"."""
+    row = json.dumps({"text": "t", "labels": ["a", odd]})
+    path = write(
+        tmp_path / "m.jsonl", row + "\n" + json.dumps({"text": "u", "labels": ["b"]}) + "\n"
+    )
+    with pytest.raises(DataError, match=f"has the label {json.dumps(odd)}"):
+        load_task_data(path, problem_type="multi_label")
+
+
+def test_class_labels_of_datasets_folders_read_as_names_and_minus_one_as_missing(tmp_path):
+    """-1, datasets' "no label", trained as a class "-1"; a Sequence(ClassLabel) read as digits."""
+    import datasets
+
+    names = ["x", "y", "z"]
+    single = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)}
+    )
+    rows = {"text": ["a", "b", "c"], "label": [0, -1, 2]}
+    datasets.Dataset.from_dict(rows, features=single).save_to_disk(str(tmp_path / "single"))
+    with pytest.raises(DataError, match="no label"):
+        load_task_data(tmp_path / "single")
+    data = load_task_data(tmp_path / "single", drop_empty=True)
+    assert data.labels == ["x", "z"] and len(data.train) == 2
+    multi = datasets.Features(
+        {
+            "text": datasets.Value("string"),
+            "labels": datasets.Sequence(datasets.ClassLabel(names=names)),
+        }
+    )
+    rows = {"text": ["a", "b"], "labels": [[0, 2], [1]]}
+    datasets.Dataset.from_dict(rows, features=multi).save_to_disk(str(tmp_path / "multi"))
+    assert load_task_data(tmp_path / "multi", problem_type="multi_label").labels == names
+
+
 LABEL_NAMES = st.text(alphabet=st.sampled_from("xy, "), max_size=3)
 
 
