@@ -230,6 +230,8 @@ def test_a_plain_text_file_is_never_guessed_as_json_lines(lines):
     from bitfit_deploy.commands._inputs import guess_format
 
     raw = [line.replace("\n", " ").encode("utf-8", "surrogatepass") for line in lines]
+    with_bom = [b"\xef\xbb\xbf" + raw[0], *raw[1:]]  # a BOM (Windows editors) changes nothing
+    assert guess_format("in.txt", with_bom) == guess_format("in.txt", raw)
     every_object = all(
         not r.strip() or (r.lstrip().startswith(b"{") and _is_text_object(r)) for r in raw
     ) and any(r.strip() for r in raw)

@@ -10,6 +10,7 @@ blank, in any form) becomes a `Row` with an error instead, and keeps its place.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import stat
@@ -85,6 +86,7 @@ def guess_format(name: object, lines: list[bytes]) -> str:
     "text"; else "text". A plain text file of sentences never reads that way."""
     if is_json_lines_name(name):
         return "jsonl"
+    lines = [lines[0].removeprefix(codecs.BOM_UTF8), *lines[1:]] if lines else lines
     filled = [line for line in lines if line.strip()]
     if not filled:
         return "text"
