@@ -4,6 +4,7 @@ a value silently taken for its truthiness. The CLI's click types never get here.
 
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Any
 
@@ -19,7 +20,7 @@ def check_count(name: str, value: Any, most: int, optional: bool = False) -> Non
     """`value` is a whole number from 1 to `most` (or None when `optional`)."""
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= most:
         allowed = " (or None)" if optional else ""
         raise InvalidInputError(
             f"{name} must be a whole number from 1 to {most}{allowed}, got {_shown(value)}."
@@ -28,7 +29,7 @@ def check_count(name: str, value: Any, most: int, optional: bool = False) -> Non
 
 def check_whole(name: str, value: Any, optional: bool = False) -> None:
     """`value` is a whole number (or None when `optional`); its range is the caller's to check."""
-    if not ((optional and value is None) or (type(value) is int)):
+    if not ((optional and value is None) or _whole(value)):
         allowed = " (or None)" if optional else ""
         raise InvalidInputError(f"{name} must be a whole number{allowed}, got {_shown(value)}.")
 
@@ -79,7 +80,14 @@ def check_list(name: str, value: Any, of: str) -> None:
         )
 
 
+def _whole(value: Any) -> bool:
+    """An int or a numpy integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _shown(value: Any) -> str:
+    if value is None:
+        return "None"
     return (
         repr(value)
         if isinstance(value, (int, float, str)) and len(repr(value)) <= 40

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -273,6 +274,10 @@ def train(
 
 def check_config(config: TrainConfig) -> None:
     """A typed error for a setting no training can use; `train` and the CLI call it before any work."""
+    for name in ("train", "eval", "output", "model"):  # a Path reads as its string, as elsewhere
+        value = getattr(config, name)
+        if isinstance(value, os.PathLike):
+            setattr(config, name, os.fspath(value))
     problem = mismatch(TrainConfig, dataclasses.asdict(config))
     if problem is not None:  # the API takes any object; the CLI's types never get here
         raise DataError(f"TrainConfig: {problem}.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import os
 import shutil
 from datetime import datetime, timezone
@@ -110,6 +111,8 @@ def export_bundle(
         )
     check_int8_activations(int8_activations)
     _check_opset(opset, quantize)
+    opset = int(opset)  # a numpy integer reads as one; torch.onnx takes ints
+    max_length = None if max_length is None else int(max_length)
     static_int8 = quantize == "int8" and int8_activations == "static"
     if calibration is not None and not static_int8:
         raise ExportOptionError(
@@ -327,7 +330,8 @@ def _warn_longer_tasks(deltas: list[tuple[Path, TaskDelta]], max_length: int) ->
 
 def _check_opset(opset: int, quantize: str | None) -> None:
     least = INT8_MIN_OPSET if quantize == "int8" else OPSETS[0]
-    if isinstance(opset, bool) or not isinstance(opset, int) or not least <= opset <= OPSETS[1]:
+    whole = isinstance(opset, numbers.Integral) and not isinstance(opset, bool)
+    if not whole or not least <= opset <= OPSETS[1]:
         raise ExportOptionError(
             f"--opset {opset} must be between {least} and {OPSETS[1]}"
             + (" for --quantize int8" if quantize == "int8" else "")

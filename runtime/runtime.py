@@ -22,6 +22,7 @@ from bitfit_deploy.arguments import (
     MOST_THREADS,
     check_count,
     check_flag,
+    check_path,
     check_seconds,
     check_text,
 )
@@ -127,6 +128,9 @@ class Runtime:
         ):
             check_flag(flag, value)
         check_flag("io_binding", io_binding, optional=True)
+        check_path("bundle_dir", bundle_dir)
+        threads = None if threads is None else int(threads)  # a numpy integer: ORT takes ints
+        max_batch_size = int(max_batch_size)
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = read_manifest(self.bundle_dir, verify=False)
         self.max_batch_size = max_batch_size

@@ -76,6 +76,12 @@ class Limits:
     body_timeout_s: float = 30.0
     """How long a request body may take to arrive after its headers (then 408)."""
 
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_delta_bytes", "max_inputs", "max_text_chars"):
+            check_count(f"Limits.{name}", getattr(self, name), 1 << 40)
+        for name in ("drain_timeout_s", "body_timeout_s"):
+            check_seconds(f"Limits.{name}", getattr(self, name))
+
 
 class HTTPError(Exception):
     """A client error found by the server itself (limits, JSON, auth, routing)."""
@@ -414,6 +420,13 @@ def create_app(
     `admin` keeps the admin routes' changes: a `StoreSync` (the task store, followed every
     `poll_s` seconds while the app runs) or, by default, this process's memory.
     """
+    if not callable(getattr(runtime, "predict_mixed", None)):
+        raise InvalidInputError(
+            f"runtime must be a bitfit_deploy.runtime.Runtime, got {describe(runtime)}; open one "
+            "with Runtime(bundle_dir)."
+        )
+    if limits is not None and not isinstance(limits, Limits):
+        raise InvalidInputError(f"limits must be a Limits(...), got {describe(limits)}.")
     check_count("max_batch_size", max_batch_size, MOST_BATCH)
     check_seconds("max_delay_ms", max_delay_ms, unit="milliseconds")
     if admin_token is not None and (not isinstance(admin_token, str) or not admin_token):

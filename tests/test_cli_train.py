@@ -314,3 +314,13 @@ def run_invoke(args: list[str]):
     from bitfit_deploy.cli import cli
 
     return CliRunner().invoke(cli, args)
+
+
+def test_a_train_config_takes_paths_as_the_other_apis_do():
+    from pathlib import Path
+
+    from bitfit_deploy.train import TrainConfig, check_config
+
+    config = TrainConfig(task="t", train=Path("a.tsv"), eval=Path("b.tsv"), output=Path("o"))
+    check_config(config)
+    assert (config.train, config.eval, config.output) == ("a.tsv", "b.tsv", "o")

@@ -295,3 +295,31 @@ def test_method_arguments_are_checked_too(runtime, tmp_path_factory, value):
         save_delta(synthetic_delta(read_manifest(runtime.bundle_dir), "alpha", seed=1), path)
         with pytest.raises(InvalidInputError, match="replace must be True or False"):
             runtime.load_task(path, replace=value)
+
+
+def test_numpy_integers_and_paths_are_taken_where_ints_and_paths_are(bundle, tmp_path):
+    """threads=np.int64(1) was refused as 'an array of shape ()' (and ORT takes only ints);
+    Runtime(None) or Runtime(123) was a TypeError from pathlib."""
+    import numpy as np
+
+    rt = Runtime(str(bundle), threads=np.int64(1), max_batch_size=np.int32(4))
+    assert rt.max_batch_size == 4 and type(rt.max_batch_size) is int
+    for odd in (None, 123, b"bundle", 2.5):
+        with pytest.raises(InvalidInputError, match="bundle_dir must be a path"):
+            Runtime(odd)
+
+
+def test_create_app_checks_the_runtime_and_the_limits(bundle):
+    from bitfit_deploy.runtime.server import Limits, create_app
+
+    rt = Runtime(bundle, threads=1)
+    with pytest.raises(InvalidInputError, match="runtime must be a bitfit_deploy.runtime.Runtime"):
+        create_app("bundle")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="limits must be a Limits"):
+        create_app(rt, limits={"max_inputs": 5})  # type: ignore[arg-type]
+    for field, value in (("max_inputs", "5"), ("max_inputs", 0), ("max_body_bytes", -1)):
+        with pytest.raises(InvalidInputError, match=f"Limits.{field}"):
+            Limits(**{field: value})
+    for field, value in (("drain_timeout_s", float("nan")), ("body_timeout_s", -1)):
+        with pytest.raises(InvalidInputError, match=f"Limits.{field}"):
+            Limits(**{field: value})
