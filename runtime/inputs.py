@@ -61,6 +61,10 @@ def check_input(item: Any, info: TaskInfo, index: int) -> TextInput:
             "send one string."
         )
     for side, text in zip(("text", "text_pair"), texts, strict=False):
+        if not text.strip():  # as training and `predict` read it: nothing to predict
+            raise InvalidInputError(
+                f"{where}: the {side} is empty or blank; there is no text to predict."
+            )
         bad = _SURROGATE.search(text)
         if bad is not None:
             raise InvalidInputError(

@@ -149,11 +149,24 @@ def test_text_that_is_not_valid_unicode_is_refused_naming_the_input(runtime, bad
         runtime.predict("pair", [("fine", bad)])
 
 
-def test_control_characters_empty_and_odd_text_are_predicted(runtime):
-    odd = ["", "\x00", "\x01\x7f\u200b", "\t\n\r", "\ufffd", "🎬" * 50, "a\x00b"]
+def test_control_characters_and_odd_text_are_predicted(runtime):
+    odd = ["\x00", "\x01\x7f\u200b", "\ufffd", "🎬" * 50, "a\x00b", " x "]
     out = runtime.predict("single", odd)
     assert [p.task for p in out] == ["single"] * len(odd)
     assert all(np.isfinite(p.score) for p in out)
+
+
+@settings(max_examples=40, deadline=None)
+@given(blank=st.text(alphabet=st.sampled_from(" \t\n\r\u3000\u00a0\u2028\x0b\x0c"), max_size=4))
+def test_an_empty_or_blank_text_is_refused_everywhere(runtime, blank):
+    """The runtime (and so the server) predicted "" as [CLS][SEP] while training and `predict`
+    refused it: one rule now, for a text and each side of a pair."""
+    with pytest.raises(InvalidInputError, match="input 1 for task 'single': the text is empty"):
+        runtime.predict("single", ["fine", blank])
+    with pytest.raises(InvalidInputError, match="the text_pair is empty"):
+        runtime.predict("pair", [("a premise", blank)])
+    with pytest.raises(InvalidInputError, match="input 0 for task 'legacy': the text is empty"):
+        runtime.predict_mixed([("legacy", (blank, "x"))])
 
 
 def test_describe_never_recurses_into_a_value():
