@@ -138,9 +138,11 @@ def parse_infer_request(
         items = list(zip(texts, pairs, strict=True))
     binary_default = _flag(request_params, "binary_data_output", False, "the request")
     request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise OIPRequestError(f"the request's 'id' must be a string, got {describe(request_id)}.")
     return InferRequest(
         items,
-        None if request_id is None else str(request_id),
+        request_id,
         _read_outputs(request),
         binary_default,
     )
@@ -257,6 +259,10 @@ def _read_input(tensor: Any, binary: memoryview, default_type: str) -> tuple[str
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise OIPRequestError(f"input {name!r} needs a 'shape' list of non-negative integers.")
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+        raise OIPRequestError(
+            f"input {name!r} has shape {shape}; it takes one text per row: [n] or [n, 1]."
+        )
     count = math.prod(shape)
     params = _parameters(tensor, f"input {name!r}")
     content_type = _content_type(params, default_type, f"input {name!r}")

@@ -671,3 +671,31 @@ def test_create_app_checks_its_arguments(runtime, argument, value) -> None:
     else:
         with pytest.raises(InvalidInputError, match=argument):
             create_app(runtime, **{argument: value})
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    request_id=st.one_of(
+        st.text(max_size=5),
+        st.integers(),
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+        st.none(),
+    ),
+    shape=st.sampled_from([[2], [2, 1], [1, 2], [2, 1, 1], [1, 1, 2]]),
+)
+def test_v2_ids_are_strings_and_texts_come_one_per_row(client, request_id, shape) -> None:
+    """An object id came back as a Python repr; shape [1, 2] was read as 2 rows. The id must be
+    a string (the protocol's type) and a text input [n] or [n, 1]."""
+    body = v2_request(["fine", "dull"])
+    body["inputs"][0]["shape"] = shape
+    if request_id is not None:
+        body["id"] = request_id
+    response = client.post("/v2/models/sent/infer", json=body)
+    if shape not in ([2], [2, 1]):
+        assert response.status_code == 400 and "one text per row" in response.json()["error"]
+    elif request_id is not None and not isinstance(request_id, str):
+        assert response.status_code == 400 and "'id' must be a string" in response.json()["error"]
+    else:
+        assert response.status_code == 200
+        assert response.json().get("id") == request_id
