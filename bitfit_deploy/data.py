@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bitfit_deploy.contract import PROBLEM_TYPES
-from bitfit_deploy.data_labels import LabelReader, order_labels, targets
+from bitfit_deploy.data_labels import LabelReader, case_hint, order_labels, targets
 from bitfit_deploy.data_tables import EVAL_SPLITS, QUOTING, Table, listing, read_file
 from bitfit_deploy.errors import DataError
 
@@ -193,9 +193,10 @@ def load_task_data(
             eval_keys = raw_eval.label_keys(problem_type, label_map, label_names)
             unseen = sorted({k for row in eval_keys for k in row} - set(labels))
             if unseen:
+                hint = case_hint(unseen, labels, "the training labels")
                 raise DataError(
                     f"{raw_eval.source} has labels {unseen} that never occur in the training data "
-                    f"{raw_train.source} (training labels: {labels}); fix the labels or add "
+                    f"{raw_train.source} (training labels: {labels}){hint}; fix the labels or add "
                     "training rows for them."
                 )
             eval_split = raw_eval.split(_encode(eval_keys, labels, problem_type))

@@ -22,7 +22,7 @@ Where = Callable[[int], str]
 """Row index (0-based) -> its place in the file, e.g. "line 7"."""
 
 
-MANY_NUMERIC_LABELS = 20
+MANY_NUMERIC_LABELS = 10
 """More distinct numeric labels than this, some fractional, look like scores for a regression."""
 
 
@@ -172,23 +172,22 @@ class LabelReader:
         return notes
 
 
+def case_hint(unknown: Sequence[str], names: Sequence[str], whose: str) -> str:
+    """ "; these differ from {whose} only in case: 'POS' (... has 'pos')", or "" if none does."""
+    folded = {n.casefold(): n for n in names}
+    cased = [
+        f"{u!r} ({whose} have {folded[u.casefold()]!r})" for u in unknown if u.casefold() in folded
+    ]
+    return f"; these differ from {whose} only in case: {', '.join(cased)}" if cased else ""
+
+
 def order_labels(keys: set[str], given: Sequence[str] | None, source: str) -> list[str]:
     """The label order: `given`, else sorted (numerically where every label is a number)."""
     if given:
         names = list(given)
         unknown = sorted(keys - set(names))
         if unknown:
-            folded = {n.casefold(): n for n in names}
-            cased = [
-                f"{u!r} (the task has {folded[u.casefold()]!r})"
-                for u in unknown
-                if u.casefold() in folded
-            ]
-            hint = (
-                f"; these differ from the task's labels only in case: {', '.join(cased)}"
-                if cased
-                else ""
-            )
+            hint = case_hint(unknown, names, "the task's labels")
             raise DataError(
                 f"{source}: labels {unknown} are not among the expected {names}{hint}; write the "
                 "labels as the task was trained on them."

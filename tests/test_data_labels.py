@@ -161,13 +161,13 @@ def test_property_canonical_spelling_is_one_to_one(a, b):
 )
 def test_many_fractional_number_labels_suggest_a_regression(tmp_path, count, step):
     """STS-B's score read as a label made a 140-class classifier without a hint; more than 20
-    numeric labels, not all whole, now say that --problem-type regression may be meant."""
+    numeric labels (more than 10), not all whole, now say that --problem-type regression may be meant."""
     values = [round(i * step, 2) for i in range(count)]
     path = tmp_path / "s.tsv"
     path.write_text("sentence\tlabel\n" + "".join(f"text {i}\t{v}\n" for i, v in enumerate(values)))
     notes = load_task_data(path).train.report.notes
     hinted = any("--problem-type regression" in n for n in notes)
-    assert hinted == (count > 20 and any(v != int(v) for v in values))
+    assert hinted == (count > 10 and any(v != int(v) for v in values))
 
 
 @given(
@@ -186,4 +186,16 @@ def test_labels_unknown_to_the_task_point_out_case_only_differences(tmp_path_fac
     message = str(caught.value)
     assert "not among the expected" in message
     for label in unknown:
-        assert (f"{label!r} (the task has" in message) == (label.casefold() in ("pos", "neg"))
+        assert (f"{label!r} (the task's labels have" in message) == (
+            label.casefold() in ("pos", "neg")
+        )
+
+
+
+def test_train_eval_labels_differing_in_case_from_training_say_so(tmp_path):
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\na\tpos\nb\tneg\n")
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("sentence\tlabel\nc\tPOS\nd\tneg\n")
+    with pytest.raises(DataError, match="'POS' \\(the training labels have 'pos'\\)"):
+        load_task_data(train, dev)
