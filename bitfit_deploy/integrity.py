@@ -132,6 +132,9 @@ def verify_files(
         try:
             st = _stat_key(path)
         except OSError:
+            if os.path.lexists(path):  # there, but a FIFO, a device, a folder or a broken link
+                with open_regular(path, "bundle file", BundleError, fix="export the bundle again"):
+                    pass
             raise BundleError(f"bundle {str(bundle)!r} lacks {rel}; export it again.") from None
         key = {**st, "sha256": digest}
         if use_markers and markers is not None and _read_marker(markers, path) == key:

@@ -20,7 +20,11 @@ _KINDS = (
 
 
 def open_regular(
-    path: str | os.PathLike[str], what: str, error: type[BitFitError], limit: int | None = None
+    path: str | os.PathLike[str],
+    what: str,
+    error: type[BitFitError],
+    limit: int | None = None,
+    fix: str = "give a file's path",
 ) -> BinaryIO:
     """`path` opened for reading if it is a regular file (of at most `limit` bytes), else
     `error` naming it. The open does not block, whatever the path is."""
@@ -31,11 +35,11 @@ def open_regular(
             mode = os.stat(path).st_mode
         except OSError:
             mode = stat.S_IFREG
-        _check_regular(mode, path, what, error)
+        _check_regular(mode, path, what, error, fix)
         raise error(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}.") from exc
     try:
         info = os.fstat(fd)
-        _check_regular(info.st_mode, path, what, error)
+        _check_regular(info.st_mode, path, what, error, fix)
         if limit is not None and info.st_size > limit:
             raise error(
                 f"{what} {str(path)!r} is {info.st_size:,} bytes, more than the {limit:,} "
@@ -49,11 +53,11 @@ def open_regular(
 
 
 def _check_regular(
-    mode: int, path: str | os.PathLike[str], what: str, error: type[BitFitError]
+    mode: int, path: str | os.PathLike[str], what: str, error: type[BitFitError], fix: str
 ) -> None:
     if not stat.S_ISREG(mode):
         kind = next((name for test, name in _KINDS if test(mode)), "not a file")
-        raise error(f"{what} {str(path)!r} is {kind}, not a regular file; give a file's path.")
+        raise error(f"{what} {str(path)!r} is {kind}, not a regular file; {fix}.")
 
 
 def read_regular(

@@ -191,7 +191,6 @@ def test_labels_unknown_to_the_task_point_out_case_only_differences(tmp_path_fac
         )
 
 
-
 def test_train_eval_labels_differing_in_case_from_training_say_so(tmp_path):
     train = tmp_path / "train.tsv"
     train.write_text("sentence\tlabel\na\tpos\nb\tneg\n")

@@ -430,3 +430,27 @@ def test_predict_input_refuses_a_device_and_reads_a_pipe(tmp_path: Path) -> None
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as pipe:  # `--input -` from a pipe, or <(command)
         assert read_input(pipe) == b"a\nb\n"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_a_bundle_file_that_is_no_regular_file_is_named_as_such(
+    bundle: Path, tmp_path: Path, kind: str
+):
+    """A tokenizer.json that is a FIFO was reported as missing ("lacks tokenizer.json")."""
+    import shutil
+
+    from bitfit_deploy.errors import BundleError
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    target = copy / "tokenizer.json"
+    target.unlink()
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "device":
+        target.symlink_to("/dev/zero")
+    else:
+        target.mkdir()
+    what = {"fifo": "named pipe", "device": "character device", "folder": "a folder"}[kind]
+    with pytest.raises(BundleError, match=f"tokenizer.json' is .*{what}.*export the bundle again"):
+        _within(20, lambda: runtime(copy))
