@@ -266,6 +266,21 @@ def test_a_missing_store_folder_is_a_typed_error(tmp_path: Path) -> None:
         TaskStore(tmp_path / "none")
 
 
+KIND_WORDS = {"fifo": "named pipe", "device": "character device", "folder": "a folder"}
+"""How the readers' errors name each kind of path that is no regular file."""
+
+
+def _make_odd(path: Path, kind: str) -> str:
+    """Make `path` a FIFO, a link to /dev/zero or a folder; return how errors name it."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+    return KIND_WORDS[kind]
+
+
 def _within(seconds: float, call):  # noqa: ANN001, ANN202
     """`call()`'s result, failing (not hanging) if it blocks: a FIFO open waits for a writer."""
     import threading
@@ -344,13 +359,7 @@ def test_every_reader_of_a_named_file_refuses_one_that_is_no_regular_file(
     from bitfit_deploy.manifest import read_manifest
 
     odd = tmp_path / "odd.safetensors"
-    if kind == "fifo":
-        os.mkfifo(odd)
-    elif kind == "device":
-        odd.symlink_to("/dev/zero")
-    else:
-        odd.mkdir()
-    what = {"fifo": "named pipe", "device": "character device", "folder": "a folder"}[kind]
+    what = _make_odd(odd, kind)
     with pytest.raises(DeltaFormatError, match=what):
         _within(10, lambda: load_delta(odd))
     with pytest.raises(BundleError, match=what):
@@ -360,12 +369,7 @@ def test_every_reader_of_a_named_file_refuses_one_that_is_no_regular_file(
 
     shutil.copytree(bundle, copy)
     (copy / "manifest.json").unlink()
-    if kind == "fifo":
-        os.mkfifo(copy / "manifest.json")
-    elif kind == "device":
-        (copy / "manifest.json").symlink_to("/dev/zero")
-    else:
-        (copy / "manifest.json").mkdir()
+    _make_odd(copy / "manifest.json", kind)
     with pytest.raises(BundleError):
         _within(10, lambda: read_manifest(copy))
     if kind != "folder":  # inspect reads a folder as a merged model folder
@@ -385,14 +389,10 @@ def test_data_calibration_and_marker_readers_refuse_what_is_no_file(
     from bitfit_deploy.exporters.calibrate import read_calibration_texts
 
     def odd(name: str) -> Path:
-        path = tmp_path / name
-        if kind == "fifo":
-            os.mkfifo(path)
-        else:
-            path.symlink_to("/dev/zero")
-        return path
+        _make_odd(tmp_path / name, kind)
+        return tmp_path / name
 
-    what = "named pipe" if kind == "fifo" else "character device"
+    what = KIND_WORDS[kind]
     for name in ("train.tsv", "train.jsonl", "train.parquet", "train.tsv.gz"):
         with pytest.raises(DataError, match=what):
             _within(10, lambda name=name: load_task_data(odd(name)))
@@ -445,12 +445,6 @@ def test_a_bundle_file_that_is_no_regular_file_is_named_as_such(
     shutil.copytree(bundle, copy)
     target = copy / "tokenizer.json"
     target.unlink()
-    if kind == "fifo":
-        os.mkfifo(target)
-    elif kind == "device":
-        target.symlink_to("/dev/zero")
-    else:
-        target.mkdir()
-    what = {"fifo": "named pipe", "device": "character device", "folder": "a folder"}[kind]
+    what = _make_odd(target, kind)
     with pytest.raises(BundleError, match=f"tokenizer.json' is .*{what}.*export the bundle again"):
         _within(20, lambda: runtime(copy))
