@@ -364,11 +364,32 @@ class _Examples(torch.utils.data.Dataset):
 
 
 def _encode(tokenizer: Any, split: Split, max_length: int) -> _Examples:
-    enc = tokenizer(split.texts, split.pairs, truncation=True, max_length=max_length)
+    if split.pairs is not None and getattr(tokenizer, "is_fast", False):
+        enc = _encode_pairs(tokenizer, split, max_length)
+    else:
+        enc = tokenizer(split.texts, split.pairs, truncation=True, max_length=max_length)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     return _Examples(
         [{**{k: enc[k][i] for k in keys}, "labels": split.labels[i]} for i in range(len(split))]
     )
+
+
+def _encode_pairs(tokenizer: Any, split: Split, max_length: int) -> dict[str, list[list[int]]]:
+    """Pairs as `tokenizer(texts, pairs, truncation=True)` gives them, in linear time: its own
+    pair truncation builds every overflow combination of the two sides (two sides of 2,000
+    words: 0.4 s and 350 MB for 4 pairs), so they are cut as the runtime cuts them."""
+    from bitfit_deploy.runtime.tokenize import BundleTokenizer
+
+    cutter = BundleTokenizer.for_tokenizer(
+        tokenizer.backend_tokenizer, max_length, tokenizer.pad_token_id or 0, ["input_ids"]
+    )
+    rows = cutter.encode(list(zip(split.texts, split.pairs or [], strict=True)))
+    enc: dict[str, list[list[int]]] = {"input_ids": [r.ids for r in rows]}
+    if "attention_mask" in tokenizer.model_input_names:
+        enc["attention_mask"] = [[1] * len(r.ids) for r in rows]
+    if "token_type_ids" in tokenizer.model_input_names:
+        enc["token_type_ids"] = [r.type_ids for r in rows]
+    return enc
 
 
 class _Params:

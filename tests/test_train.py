@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bitfit_deploy.delta import load_delta
 from bitfit_deploy.errors import DataError, ModelError, NoBiasError, OutputExistsError
@@ -271,3 +273,29 @@ def test_interrupted_run_leaves_nothing_behind(tiny_bert, toy, tmp_path, monkeyp
     with pytest.raises(OSError, match="disk full"):
         train(config(tiny_bert, toy[0], out, max_steps=1))
     assert list(out.parent.iterdir()) == [] and list(scratch.iterdir()) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    first=st.lists(st.text(alphabet=st.sampled_from("ab é日-."), max_size=6), max_size=10).map(
+        " ".join
+    ),
+    second=st.lists(st.text(alphabet=st.sampled_from("ab é日-."), max_size=6), max_size=10).map(
+        " ".join
+    ),
+    max_length=st.integers(min_value=5, max_value=20),
+)
+def test_training_cuts_pairs_as_the_tokenizer_would(first, second, max_length):
+    """Training tokenizes pairs without transformers' own pair truncation (quadratic in the
+    sides' length); the features must be exactly those it would give."""
+    from transformers import AutoTokenizer
+
+    from bitfit_deploy.data import Split
+    from bitfit_deploy.modeling import default_model_path
+    from bitfit_deploy.train import _encode
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path(), local_files_only=True)
+    split = Split([first or "x"], [second or "y"], [0])
+    got = _encode(tokenizer, split, max_length).features[0]
+    want = tokenizer(split.texts, split.pairs, truncation=True, max_length=max_length)
+    assert {k: v for k, v in got.items() if k != "labels"} == {k: want[k][0] for k in want}
