@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from odd_values import ODD_VALUES
 from runtime_fixtures import synthetic_delta
 
 from bitfit_deploy.cli import main
@@ -283,14 +284,7 @@ EVAL_ARGUMENTS = {  # argument -> what it accepts by type (values are checked fu
 @settings(max_examples=60, deadline=None)
 @given(
     argument=st.sampled_from(sorted(EVAL_ARGUMENTS)),
-    value=st.one_of(
-        st.none(),
-        st.booleans(),
-        st.integers(-5, 2**70),
-        st.floats(allow_nan=True),
-        st.text(max_size=3),
-        st.lists(st.integers(), max_size=2),
-    ),
+    value=ODD_VALUES,
 )
 def test_an_eval_argument_of_the_wrong_type_is_named(bundle, trained, argument, value):
     """evaluate(batch_size="8") or max_rows="3" were TypeErrors; progress="no" showed a bar."""

@@ -11,6 +11,7 @@ import pytest
 from export_helpers import TEXTS, graph_feeds, reference, run, session, tokenize, write_deltas
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from odd_values import ODD_VALUES
 from safetensors.numpy import load_file
 
 from bitfit_deploy import modeling
@@ -395,14 +396,7 @@ EXPORT_ARGUMENTS = {  # argument -> the values it accepts (others must be refuse
 @settings(max_examples=80, deadline=None)
 @given(
     argument=st.sampled_from(sorted(EXPORT_ARGUMENTS)),
-    value=st.one_of(
-        st.none(),
-        st.booleans(),
-        st.integers(-(2**70), 2**70),
-        st.floats(allow_nan=True),
-        st.lists(st.one_of(st.integers(), st.none()), min_size=1, max_size=2),
-        st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
-    ),
+    value=ODD_VALUES,
 )
 def test_an_export_argument_of_the_wrong_type_is_named(tiny_bert_dir, argument, value):
     """export_bundle(tasks=2.5), bake=-1 or max_length="8" were TypeErrors after loading the

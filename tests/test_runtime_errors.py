@@ -7,6 +7,7 @@ import shutil
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from odd_values import ODD_VALUES
 from runtime_fixtures import SENTENCES, synthetic_delta
 
 from bitfit_deploy.delta import save_delta, to_bytes
@@ -237,15 +238,6 @@ def test_the_tokenizer_never_feeds_more_than_the_max_length(bundle):
         tokenizer.pad(rows)
 
 
-ODD_VALUES = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True),
-    st.text(max_size=5),
-    st.lists(st.integers(), max_size=2),
-    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
-)
 ARGUMENTS = {  # argument -> what it accepts
     "threads": lambda v: v is None or (type(v) is int and 1 <= v <= 4096),
     "max_batch_size": lambda v: type(v) is int and 1 <= v <= 65536,

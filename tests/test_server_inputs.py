@@ -20,6 +20,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from odd_values import ODD_VALUES
 from runtime_fixtures import LONG_TEXT, synthetic_delta
 from starlette.testclient import TestClient
 
@@ -648,13 +649,7 @@ def test_messages_list_a_few_names_and_count_the_rest(names, most) -> None:
 @settings(max_examples=30, deadline=None)
 @given(
     argument=st.sampled_from(["max_batch_size", "max_delay_ms", "admin_token"]),
-    value=st.one_of(
-        st.none(),
-        st.booleans(),
-        st.integers(-3, 2**70),
-        st.floats(allow_nan=True),
-        st.text(max_size=3),
-    ),
+    value=ODD_VALUES,
 )
 def test_create_app_checks_its_arguments(runtime, argument, value) -> None:
     """create_app(max_batch_size="8") failed later, inside the batcher; admin_token="" silently
