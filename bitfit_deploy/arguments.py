@@ -20,7 +20,7 @@ def check_count(name: str, value: Any, most: int, optional: bool = False) -> Non
     """`value` is a whole number from 1 to `most` (or None when `optional`)."""
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= most:
+    if not is_whole(value) or not 1 <= value <= most:
         allowed = " (or None)" if optional else ""
         raise InvalidInputError(
             f"{name} must be a whole number from 1 to {most}{allowed}, got {_shown(value)}."
@@ -29,7 +29,7 @@ def check_count(name: str, value: Any, most: int, optional: bool = False) -> Non
 
 def check_whole(name: str, value: Any, optional: bool = False) -> None:
     """`value` is a whole number (or None when `optional`); its range is the caller's to check."""
-    if not ((optional and value is None) or _whole(value)):
+    if not ((optional and value is None) or is_whole(value)):
         allowed = " (or None)" if optional else ""
         raise InvalidInputError(f"{name} must be a whole number{allowed}, got {_shown(value)}.")
 
@@ -40,7 +40,7 @@ def check_seconds(name: str, value: Any, optional: bool = False, unit: str = "se
         return
     if (
         isinstance(value, bool)
-        or not isinstance(value, (int, float))
+        or not isinstance(value, numbers.Real)
         or not 0 <= value < float("inf")
     ):
         allowed = " (or None for no limit)" if optional else ""
@@ -80,7 +80,7 @@ def check_list(name: str, value: Any, of: str) -> None:
         )
 
 
-def _whole(value: Any) -> bool:
+def is_whole(value: Any) -> bool:
     """An int or a numpy integer, not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 

@@ -37,6 +37,8 @@ accepted: a delta written before the arity was recorded, whose training columns 
 POOLER_PREFIX = "pooler."
 
 TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+TASK_NAME_RULE = "1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+"""TASK_NAME in words, for every message that states it."""
 """A task name (match it whole): also a file name in a bundle's `tasks/` and the server's task
 store, and a URL segment, so letters, digits, '.', '_', '-', no leading dot, 1-128 characters."""
 
@@ -48,8 +50,8 @@ def check_task_name(name: object, fix: str) -> str:
     if isinstance(name, str) and TASK_NAME.fullmatch(name):
         return name
     raise InvalidInputError(
-        f"task name {shown(name)} is not usable: it names files and URLs, so use 1-128 letters, "
-        f"digits, '.', '_' or '-', starting with a letter or digit; {fix}."
+        f"task name {shown(name)} is not usable: it names files and URLs, so use "
+        f"{TASK_NAME_RULE}; {fix}."
     )
 
 

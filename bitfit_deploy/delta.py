@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -168,7 +169,7 @@ class TaskDelta:
                 "match ([num_labels, hidden] and [num_labels])."
             )
         labels = self.metadata.labels
-        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        repeated = sorted(label for label, n in Counter(labels).items() if n > 1)
         if repeated or any(not label.strip() for label in labels):
             what = f"repeats {repeated}" if repeated else "holds an empty label"
             raise DeltaFormatError(

@@ -147,8 +147,6 @@ def evaluate(
             f"columns must be a bitfit_deploy.data.Columns, got {describe(columns)}."
         )
 
-    if batch_size < 1:
-        raise DataError(f"batch size must be at least 1, got {batch_size}.")
     delta, from_file = _find_delta(bundle, task)
     split = read_eval_data(data, delta, columns, preset, quoting=quoting, drop_empty=drop_empty)
     if max_rows is not None:

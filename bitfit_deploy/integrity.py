@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from bitfit_deploy._io import atomic_file
 from bitfit_deploy.errors import BundleError, InvalidInputError
-from bitfit_deploy.reading import open_regular, read_regular
+from bitfit_deploy.reading import check_regular_path, open_regular, read_regular
 
 if TYPE_CHECKING:
     from bitfit_deploy.manifest import Manifest
@@ -132,9 +132,8 @@ def verify_files(
         try:
             st = _stat_key(path)
         except OSError:
-            if os.path.lexists(path):  # there, but a FIFO, a device, a folder or a broken link
-                with open_regular(path, "bundle file", BundleError, fix="export the bundle again"):
-                    pass
+            # there, but a FIFO, a device or a folder: say so; else it is missing
+            check_regular_path(path, "bundle file", BundleError, fix="export the bundle again")
             raise BundleError(f"bundle {str(bundle)!r} lacks {rel}; export it again.") from None
         key = {**st, "sha256": digest}
         if use_markers and markers is not None and _read_marker(markers, path) == key:

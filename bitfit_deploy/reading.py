@@ -31,11 +31,7 @@ def open_regular(
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        try:  # a socket, say, cannot be opened at all: say what it is
-            mode = os.stat(path).st_mode
-        except OSError:
-            mode = stat.S_IFREG
-        _check_regular(mode, path, what, error, fix)
+        check_regular_path(path, what, error, fix)  # a socket, say, cannot be opened at all
         raise error(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}.") from exc
     try:
         info = os.fstat(fd)
@@ -50,6 +46,21 @@ def open_regular(
     except BaseException:
         os.close(fd)
         raise
+
+
+def check_regular_path(
+    path: str | os.PathLike[str],
+    what: str,
+    error: type[BitFitError],
+    fix: str = "give a file's path",
+) -> None:
+    """`error` naming what `path` is if it exists and is no regular file; a missing path passes
+    (the caller says it is missing)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    _check_regular(mode, path, what, error, fix)
 
 
 def _check_regular(

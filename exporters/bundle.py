@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import numbers
 import os
 import shutil
 from datetime import datetime, timezone
@@ -14,7 +13,14 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from bitfit_deploy._io import _umask_mode, atomic_dir, check_output
-from bitfit_deploy.arguments import check_flag, check_list, check_path, check_text, check_whole
+from bitfit_deploy.arguments import (
+    check_flag,
+    check_list,
+    check_path,
+    check_text,
+    check_whole,
+    is_whole,
+)
 from bitfit_deploy.contract import (
     HEAD_KEYS,
     POOLINGS,
@@ -330,8 +336,7 @@ def _warn_longer_tasks(deltas: list[tuple[Path, TaskDelta]], max_length: int) ->
 
 def _check_opset(opset: int, quantize: str | None) -> None:
     least = INT8_MIN_OPSET if quantize == "int8" else OPSETS[0]
-    whole = isinstance(opset, numbers.Integral) and not isinstance(opset, bool)
-    if not whole or not least <= opset <= OPSETS[1]:
+    if not is_whole(opset) or not least <= opset <= OPSETS[1]:
         raise ExportOptionError(
             f"--opset {opset} must be between {least} and {OPSETS[1]}"
             + (" for --quantize int8" if quantize == "int8" else "")

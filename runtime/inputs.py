@@ -61,7 +61,7 @@ def check_input(item: Any, info: TaskInfo, index: int) -> TextInput:
             "send one string."
         )
     for side, text in zip(("text", "text_pair"), texts, strict=False):
-        if not text.strip():  # as training and `predict` read it: nothing to predict
+        if not text or text.isspace():  # as training and `predict` read it (no copy, as strip)
             raise InvalidInputError(
                 f"{where}: the {side} is empty or blank; there is no text to predict."
             )

@@ -143,7 +143,7 @@ def parse_infer_request(
     return InferRequest(
         items,
         request_id,
-        _read_outputs(request),
+        _read_outputs(request, binary_default),
         binary_default,
     )
 
@@ -350,7 +350,8 @@ def _bytes_elements(raw: bytes, name: str) -> list[bytes]:
     return out
 
 
-def _read_outputs(request: dict[str, Any]) -> list[tuple[str, bool]] | None:
+def _read_outputs(request: dict[str, Any], default: bool) -> list[tuple[str, bool]] | None:
+    """The outputs asked for, each binary or not (`default`: the request's binary_data_output)."""
     outputs = request.get("outputs")
     if outputs is None:
         return None
@@ -358,7 +359,6 @@ def _read_outputs(request: dict[str, Any]) -> list[tuple[str, bool]] | None:
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
     ):
         raise OIPRequestError("'outputs' must be a list of objects with a 'name'.")
-    default = _flag(_parameters(request, "the request"), "binary_data_output", False, "the request")
     result = []
     for o in outputs:
         where = f"output {o['name']!r}"

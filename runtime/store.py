@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from bitfit_deploy.contract import TASK_NAME
+from bitfit_deploy.contract import TASK_NAME, TASK_NAME_RULE
 from bitfit_deploy.errors import BitFitError, DeltaFormatError, TaskNotFoundError
 from bitfit_deploy.reading import read_regular
 from bitfit_deploy.runtime.oip import MODEL_VERSION
@@ -113,11 +113,10 @@ class TaskStore:
                     else:
                         try:
                             files[name] = Stamp.of(entry.stat())
-                        except FileNotFoundError:
-                            if entry.is_symlink():  # a link to nothing: read, so it is reported
+                        except OSError as exc:  # removed meanwhile, or else reported by the read:
+                            # a link to nothing, a link loop, no permission (stamped by the link)
+                            if not isinstance(exc, FileNotFoundError) or entry.is_symlink():
                                 files[name] = Stamp.of(entry.stat(follow_symlinks=False))
-                        except OSError:  # a link loop, no permission: read, so it is reported
-                            files[name] = Stamp.of(entry.stat(follow_symlinks=False))
         return files, unloaded, sorted(bad)
 
     def read(self, name: str) -> bytes:
@@ -264,10 +263,7 @@ class _Entry:
 
 
 _UNLOADED = _Entry(None, None, UNAVAILABLE, "unloaded; load it through the repository API")
-BAD_NAME = (
-    "its name is no task name (1-128 letters, digits, '.', '_' or '-', starting with a letter or "
-    "digit); rename the file"
-)
+BAD_NAME = f"its name is no task name ({TASK_NAME_RULE}); rename the file"
 
 
 class StoreSync:
